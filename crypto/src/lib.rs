@@ -13,3 +13,13 @@ mod replay;
 
 pub use identity::{Address, Identity, KeyError, PublicKey, Signature};
 pub use replay::ReplayWindow;
+
+/// The 32-byte Noise PSK for a network secret (any string): BLAKE2b-256 over a context
+/// string and the secret, so the same secret gives the same PSK on every node.
+pub fn network_psk(secret: &str) -> [u8; 32] {
+    use blake2::{digest::consts::U32, Blake2b, Digest};
+    let mut h = Blake2b::<U32>::new();
+    h.update(b"meshd network secret v1\0");
+    h.update(secret.as_bytes());
+    h.finalize().into()
+}

@@ -2,7 +2,8 @@
 //!
 //! Patterns: `XX` when the remote key is unknown, `IK` when it is pinned; both over
 //! 25519 / ChaChaPoly / BLAKE2s, with the network secret mixed in as a PSK when configured
-//! (`XXpsk3`, `IKpsk2`): a node without the secret can never finish a handshake.
+//! (`XXpsk0`, `IKpsk1`): the PSK is mixed in before the first message's payload, so each
+//! side rejects a wrong secret at the first message it reads and never holds half-made keys.
 //!
 //! The Noise static key is the x25519 form of the node's ed25519 key. Each handshake message
 //! that carries our static key also carries our ed25519 public key as payload; the receiver
@@ -60,9 +61,9 @@ pub enum NoiseError {
 fn params(pattern: Pattern, psk: bool) -> snow::params::NoiseParams {
     let name = match (pattern, psk) {
         (Pattern::XX, false) => "Noise_XX_25519_ChaChaPoly_BLAKE2s",
-        (Pattern::XX, true) => "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s",
+        (Pattern::XX, true) => "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s",
         (Pattern::IK, false) => "Noise_IK_25519_ChaChaPoly_BLAKE2s",
-        (Pattern::IK, true) => "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s",
+        (Pattern::IK, true) => "Noise_IKpsk1_25519_ChaChaPoly_BLAKE2s",
     };
     name.parse().expect("static pattern names parse")
 }
@@ -104,7 +105,7 @@ impl Handshake {
             b = b.remote_public_key(&rs)?;
         }
         if let Some(k) = psk {
-            b = b.psk(if pattern == Pattern::XX { 3 } else { 2 }, k)?;
+            b = b.psk(if pattern == Pattern::XX { 0 } else { 1 }, k)?;
         }
         Ok(Handshake {
             hs: b.build_initiator()?,
@@ -128,7 +129,7 @@ impl Handshake {
         let secret = id.x25519_secret();
         let mut b = Builder::new(params(pattern, psk.is_some())).local_private_key(&secret)?;
         if let Some(k) = psk {
-            b = b.psk(if pattern == Pattern::XX { 3 } else { 2 }, k)?;
+            b = b.psk(if pattern == Pattern::XX { 0 } else { 1 }, k)?;
         }
         Ok(Handshake {
             hs: b.build_responder()?,

@@ -1,0 +1,1187 @@
+//! The sans-IO [`Node`]: links, switch, routing and sessions of one meshd node.
+//!
+//! The node never reads a clock, opens a socket or spawns: the caller passes `now` and
+//! input (`handle_datagram`, `handle_tun_packet`, `handle_timeout`) and collects output
+//! (`poll_transmit`, `poll_tun_packet`, `poll_event`, `poll_timeout`). The daemon drives it
+//! with a UDP socket and a TUN device; the simulator drives thousands of them on a virtual
+//! clock.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crypto::noise::{Handshake, Pattern, MAX_HANDSHAKE_LEN, TAG_LEN};
+use crypto::{Address, Identity, PublicKey};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use switch::{Decision, Director, FrameKind, Label, SwitchHeader};
+
+use crate::control::{ErrorCode, SwitchError};
+use crate::routing::{Lookup, Query};
+use crate::session::Session;
+use crate::table::RoutingTable;
+use crate::tunnel::{HandshakeTable, KeyPair, Keys, Pending, TokenBucket};
+use crate::wire::{self, msg_type, TunnelMsg, DATA_HEADER_LEN};
+use crate::Counters;
+
+/// Bytes meshd adds to an IPv6 packet on the wire, UDP payload only: link data header (13),
+/// link kind (1), switch header (17), session data header (13), two AEAD tags (32).
+pub const OVERHEAD: usize = DATA_HEADER_LEN + 1 + SwitchHeader::LEN + DATA_HEADER_LEN + 2 * TAG_LEN;
+/// The TUN MTU: a 1500-byte underlay minus IPv6 (40) and UDP (8) headers and [`OVERHEAD`]
+/// (76) leaves 1376; we keep 16 bytes spare for future header fields.
+pub const DEFAULT_MTU: usize = 1500 - 40 - 8 - OVERHEAD - 16;
+
+/// Link payload kinds (the first plaintext byte of a link data message).
+pub(crate) mod link_kind {
+    pub const FRAME: u8 = 0;
+    pub const PING: u8 = 1;
+    pub const PONG: u8 = 2;
+    pub const CLOSE: u8 = 3;
+}
+
+/// Timing of links.
+pub(crate) const ACTIVE_WINDOW: Duration = Duration::from_millis(1000);
+const ACTIVE_PROBE_AFTER: Duration = Duration::from_millis(150);
+const ACTIVE_PROBE_EVERY: Duration = Duration::from_millis(100);
+const ACTIVE_DEAD_AFTER: Duration = Duration::from_millis(600);
+const IDLE_PROBE_AFTER: Duration = Duration::from_millis(1500);
+const IDLE_DEAD_AFTER: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A link down this long with nothing configured for it is forgotten.
+const FORGET_LINK_AFTER: Duration = Duration::from_secs(600);
+
+/// Node settings.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Network secret as a Noise PSK: only nodes with the same one can link.
+    pub network_psk: Option<[u8; 32]>,
+    /// If set, only these keys may link to us.
+    pub allowed_keys: Option<HashSet<PublicKey>>,
+    /// The TUN MTU.
+    pub mtu: usize,
+    /// Inbound handshakes accepted per second (all sources together).
+    pub handshake_rate: f64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            network_psk: None,
+            allowed_keys: None,
+            mtu: DEFAULT_MTU,
+            handshake_rate: 200.0,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub dst: SocketAddr,
+    /// UDP payload.
+    pub payload: Vec<u8>,
+}
+
+/// Things that happened, for the admin interface and the simulator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A link came up.
+    LinkUp(PublicKey),
+    /// A link went down.
+    LinkDown(PublicKey),
+    /// Answer to [`Node::ping`]: the round trip and path, or `None` if unreachable.
+    Ping {
+        /// Request id.
+        id: u64,
+        /// Result.
+        result: Option<(Duration, Label, PublicKey)>,
+    },
+    /// Answer to [`Node::lookup`].
+    Lookup {
+        /// Request id.
+        id: u64,
+        /// The key and path found, or `None`.
+        result: Option<(PublicKey, Label)>,
+    },
+}
+
+/// A configured peer we dial until it links.
+#[derive(Debug)]
+pub(crate) struct Dial {
+    pub endpoint: SocketAddr,
+    pub key: Option<PublicKey>,
+    pub next_attempt: Instant,
+    pub backoff: Duration,
+    pub linked: Option<PublicKey>,
+}
+
+/// Per-link traffic counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Bytes received (UDP payload).
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Datagrams received.
+    pub rx_packets: u64,
+    /// Datagrams sent.
+    pub tx_packets: u64,
+}
+
+/// A link to a directly connected peer: one interface of the switch.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub key: PublicKey,
+    pub director: Director,
+    pub endpoint: SocketAddr,
+    /// Endpoint from the config, tried on redials too.
+    pub configured: Option<SocketAddr>,
+    pub keys: KeyPair,
+    pub up: bool,
+    pub last_rx: Instant,
+    pub last_data_tx: Instant,
+    pub last_ping: Option<(Instant, u32)>,
+    pub ping_seq: u32,
+    pub rtt: Option<Duration>,
+    pub stats: LinkStats,
+    pub down_since: Option<Instant>,
+    pub redial_at: Instant,
+    pub backoff: Duration,
+    pub control_bucket: TokenBucket,
+    pub session_hs_bucket: TokenBucket,
+    /// The endpoint the peer says our packets come from.
+    pub observed: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LinkHs {
+    pub dial: Option<u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SessionHs {
+    pub addr: Address,
+}
+
+/// Peer information for the admin interface.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Peer's key.
+    pub key: PublicKey,
+    /// Peer's address.
+    pub address: Address,
+    /// Current UDP endpoint.
+    pub endpoint: SocketAddr,
+    /// Up or down.
+    pub up: bool,
+    /// Switch interface index.
+    pub director: Director,
+    /// Round trip of the last keepalive.
+    pub rtt: Option<Duration>,
+    /// Traffic.
+    pub stats: LinkStats,
+    /// Time since the last packet.
+    pub last_seen: Duration,
+    /// Where the peer sees us.
+    pub observed: Option<SocketAddr>,
+}
+
+/// One meshd node.
+pub struct Node {
+    pub(crate) id: Identity,
+    pub(crate) cfg: NodeConfig,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) dials: BTreeMap<u64, Dial>,
+    next_dial_id: u64,
+    pub(crate) links: Vec<Option<Link>>,
+    pub(crate) link_by_key: HashMap<PublicKey, Director>,
+    link_idx: HashMap<u32, Director>,
+    link_hs: HandshakeTable<LinkHs>,
+    pub(crate) sessions: HashMap<Address, Session>,
+    pub(crate) session_idx: HashMap<u32, Address>,
+    pub(crate) session_hs: HandshakeTable<SessionHs>,
+    pub(crate) table: RoutingTable,
+    pub(crate) lookups: HashMap<Address, Lookup>,
+    pub(crate) queries: HashMap<u64, Query>,
+    pub(crate) hs_bucket: TokenBucket,
+    pub(crate) error_bucket: TokenBucket,
+    transmits: VecDeque<Transmit>,
+    pub(crate) tun_out: VecDeque<Vec<u8>>,
+    pub(crate) events: VecDeque<Event>,
+    next_tick: Instant,
+    pub(crate) started: Instant,
+    pub(crate) self_lookups: u32,
+    pub(crate) next_self_lookup: Option<Instant>,
+    pub(crate) next_refresh: Instant,
+    pub(crate) counters: Counters,
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) pending_lookup_steps: Vec<Address>,
+    pub(crate) pending_pings: Vec<(Address, u64)>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({})", self.id.address())
+    }
+}
+
+impl Node {
+    /// A node with this identity; `seed` makes its choices (indices, lookup targets) repeatable.
+    pub fn new(id: Identity, cfg: NodeConfig, seed: u64, now: Instant) -> Node {
+        let hs_rate = cfg.handshake_rate;
+        Node {
+            table: RoutingTable::new(id.address(), 16),
+            id,
+            cfg,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            dials: BTreeMap::new(),
+            next_dial_id: 1,
+            links: Vec::new(),
+            link_by_key: HashMap::new(),
+            link_idx: HashMap::new(),
+            link_hs: HandshakeTable::new(1024, Duration::from_secs(5)),
+            sessions: HashMap::new(),
+            session_idx: HashMap::new(),
+            session_hs: HandshakeTable::new(1024, Duration::from_secs(5)),
+            lookups: HashMap::new(),
+            queries: HashMap::new(),
+            hs_bucket: TokenBucket::new(hs_rate, hs_rate),
+            error_bucket: TokenBucket::new(200.0, 100.0),
+            transmits: VecDeque::new(),
+            tun_out: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tick: now,
+            started: now,
+            self_lookups: 0,
+            next_self_lookup: None,
+            next_refresh: now,
+            counters: Counters::default(),
+            scratch: vec![0u8; 65536],
+            pending_lookup_steps: Vec::new(),
+            pending_pings: Vec::new(),
+        }
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+    /// This node's address.
+    pub fn address(&self) -> Address {
+        self.id.address()
+    }
+    /// The node's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    /// The TUN MTU the node works with.
+    pub fn mtu(&self) -> usize {
+        self.cfg.mtu
+    }
+
+    /// Dials a peer at `endpoint` (XX, or IK when `key` is given) until it links; redials
+    /// whenever the link goes down. Returns an id for [`Node::remove_peer`].
+    pub fn add_peer(&mut self, now: Instant, endpoint: SocketAddr, key: Option<PublicKey>) -> u64 {
+        if let Some((&id, _)) = self
+            .dials
+            .iter()
+            .find(|(_, d)| d.endpoint == endpoint && d.key == key)
+        {
+            return id;
+        }
+        let id = self.next_dial_id;
+        self.next_dial_id += 1;
+        self.dials.insert(
+            id,
+            Dial {
+                endpoint,
+                key,
+                next_attempt: now,
+                backoff: FIRST_BACKOFF,
+                linked: None,
+            },
+        );
+        self.next_tick = now;
+        id
+    }
+
+    /// Stops dialing a configured peer and closes its link. `which` is a key or endpoint.
+    pub fn remove_peer(
+        &mut self,
+        now: Instant,
+        key: Option<PublicKey>,
+        endpoint: Option<SocketAddr>,
+    ) -> bool {
+        let mut keys: Vec<PublicKey> = key.into_iter().collect();
+        let before = self.dials.len();
+        self.dials.retain(|_, d| {
+            let hit = endpoint.is_some_and(|e| e == d.endpoint)
+                || key.is_some_and(|k| d.key == Some(k) || d.linked == Some(k));
+            if hit {
+                keys.extend(d.linked);
+            }
+            !hit
+        });
+        let mut removed = self.dials.len() != before;
+        for k in keys {
+            if let Some(&d) = self.link_by_key.get(&k) {
+                self.send_on_link(now, d, link_kind::CLOSE, &[]);
+                self.forget_link(now, d);
+                removed = true;
+            }
+        }
+        removed
+    }
+
+    /// Links to peers, for the admin interface.
+    pub fn peers(&self, now: Instant) -> Vec<PeerInfo> {
+        self.links
+            .iter()
+            .flatten()
+            .map(|l| PeerInfo {
+                key: l.key,
+                address: l.key.address(),
+                endpoint: l.endpoint,
+                up: l.up,
+                director: l.director,
+                rtt: l.rtt,
+                stats: l.stats,
+                last_seen: now.saturating_duration_since(l.last_rx),
+                observed: l.observed,
+            })
+            .collect()
+    }
+
+    /// The routing table.
+    pub fn routes(&self) -> impl Iterator<Item = &crate::table::Entry> {
+        self.table.iter()
+    }
+
+    /// Configured peers: endpoint, pinned key, and the key it linked as.
+    pub fn configured_peers(&self) -> Vec<(SocketAddr, Option<PublicKey>, Option<PublicKey>)> {
+        self.dials
+            .values()
+            .map(|d| (d.endpoint, d.key, d.linked))
+            .collect()
+    }
+
+    /// Replaces the allow-list (None: anyone with the network secret may link). Links to keys
+    /// no longer allowed are closed.
+    pub fn set_allowed_keys(&mut self, now: Instant, allowed: Option<HashSet<PublicKey>>) {
+        self.cfg.allowed_keys = allowed;
+        let banned: Vec<Director> = self
+            .links
+            .iter()
+            .flatten()
+            .filter(|l| !self.allowed(&l.key))
+            .map(|l| l.director)
+            .collect();
+        for d in banned {
+            self.send_on_link(now, d, link_kind::CLOSE, &[]);
+            self.forget_link(now, d);
+        }
+    }
+
+    /// Sends a CLOSE to every peer (on shutdown).
+    pub fn close_all(&mut self, now: Instant) {
+        let ds: Vec<Director> = self
+            .links
+            .iter()
+            .flatten()
+            .filter(|l| l.up)
+            .map(|l| l.director)
+            .collect();
+        for d in ds {
+            self.send_on_link(now, d, link_kind::CLOSE, &[]);
+        }
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+    /// Next packet for the TUN device.
+    pub fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
+        self.tun_out.pop_front()
+    }
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+    /// When [`Node::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+
+    pub(crate) fn transmit(&mut self, dst: SocketAddr, payload: Vec<u8>) {
+        self.counters.tx_datagrams += 1;
+        self.counters.tx_bytes += payload.len() as u64;
+        self.transmits.push_back(Transmit { dst, payload });
+    }
+
+    pub(crate) fn allowed(&self, k: &PublicKey) -> bool {
+        self.cfg.allowed_keys.as_ref().is_none_or(|a| a.contains(k))
+    }
+
+    pub(crate) fn new_index(&mut self) -> u32 {
+        loop {
+            let i: u32 = self.rng.gen();
+            if !self.link_idx.contains_key(&i)
+                && !self.link_hs.contains(i)
+                && !self.session_idx.contains_key(&i)
+                && !self.session_hs.contains(i)
+            {
+                return i;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Runs timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.link_hs.expire(now);
+        self.session_hs.expire(now);
+        self.tick_dials(now);
+        self.tick_links(now);
+        self.tick_routing(now);
+        self.tick_sessions(now);
+        let busy = !self.link_hs.is_empty()
+            || !self.session_hs.is_empty()
+            || !self.lookups.is_empty()
+            || !self.queries.is_empty()
+            || self
+                .links
+                .iter()
+                .flatten()
+                .any(|l| l.up && now.saturating_duration_since(l.last_data_tx) < ACTIVE_WINDOW);
+        let mut next = now
+            + if busy {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(500)
+            };
+        for d in self.dials.values().filter(|d| d.linked.is_none()) {
+            next = next.min(d.next_attempt.max(now + Duration::from_millis(1)));
+        }
+        self.next_tick = next;
+    }
+
+    fn tick_dials(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| {
+                d.next_attempt <= now && d.linked.is_none_or(|k| self.link_by_key.get(&k).is_none())
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            let Some(d) = self.dials.get_mut(&id) else {
+                continue;
+            };
+            d.linked = None;
+            let (endpoint, key) = (d.endpoint, d.key);
+            d.next_attempt = now + d.backoff;
+            d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
+            self.start_link_handshake(now, endpoint, key, Some(id));
+        }
+    }
+
+    fn tick_links(&mut self, now: Instant) {
+        for d in 0..self.links.len() {
+            let Some(l) = self.links[d].as_mut() else {
+                continue;
+            };
+            let d = d as Director;
+            if l.up {
+                let active = now.saturating_duration_since(l.last_data_tx) < ACTIVE_WINDOW;
+                let silent = now.saturating_duration_since(l.last_rx);
+                let since_ping = l
+                    .last_ping
+                    .map_or(Duration::MAX, |(t, _)| now.saturating_duration_since(t));
+                if silent
+                    > if active {
+                        ACTIVE_DEAD_AFTER
+                    } else {
+                        IDLE_DEAD_AFTER
+                    }
+                {
+                    self.link_down(now, d);
+                    continue;
+                }
+                let probe = if active {
+                    silent > ACTIVE_PROBE_AFTER && since_ping > ACTIVE_PROBE_EVERY
+                } else {
+                    silent > IDLE_PROBE_AFTER && since_ping > IDLE_PROBE_AFTER
+                };
+                if probe {
+                    l.ping_seq = l.ping_seq.wrapping_add(1);
+                    let seq = l.ping_seq;
+                    l.last_ping = Some((now, seq));
+                    self.send_on_link(now, d, link_kind::PING, &seq.to_le_bytes());
+                }
+                let l = self.links[d as usize].as_ref().expect("link");
+                if l.keys.needs_handshake(now) && now >= l.redial_at {
+                    let (ep, key) = (l.endpoint, l.key);
+                    let l = self.links[d as usize].as_mut().expect("link");
+                    l.redial_at = now + Duration::from_secs(2);
+                    self.start_link_handshake(now, ep, Some(key), None);
+                }
+            } else {
+                let down_for = l
+                    .down_since
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                let configured = self
+                    .dials
+                    .values()
+                    .any(|x| x.linked == Some(l.key) || x.key == Some(l.key));
+                if down_for > FORGET_LINK_AFTER && !configured {
+                    self.forget_link(now, d);
+                    continue;
+                }
+                if now >= l.redial_at {
+                    // Alternate between the last endpoint we saw and the configured one.
+                    let ep = match l.configured {
+                        Some(c) if l.backoff.as_millis() / FIRST_BACKOFF.as_millis() % 2 == 1 => c,
+                        _ => l.endpoint,
+                    };
+                    let key = l.key;
+                    l.redial_at = now + l.backoff;
+                    l.backoff = (l.backoff * 2).min(MAX_BACKOFF);
+                    self.start_link_handshake(now, ep, Some(key), None);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- links
+
+    fn start_link_handshake(
+        &mut self,
+        now: Instant,
+        endpoint: SocketAddr,
+        key: Option<PublicKey>,
+        dial: Option<u64>,
+    ) {
+        let pattern = if key.is_some() {
+            Pattern::IK
+        } else {
+            Pattern::XX
+        };
+        let mut hs = match Handshake::initiator(
+            &self.id,
+            pattern,
+            key.as_ref(),
+            self.cfg.network_psk.as_ref(),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("cannot start handshake to {endpoint}: {e}");
+                return;
+            }
+        };
+        let idx = self.new_index();
+        let mut out = Vec::with_capacity(5 + MAX_HANDSHAKE_LEN);
+        let t = if pattern == Pattern::IK {
+            msg_type::INIT_IK
+        } else {
+            msg_type::INIT_XX
+        };
+        wire::write_handshake_header(&mut out, t, idx, None);
+        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
+        let Ok(n) = hs.write_message(&mut buf) else {
+            return;
+        };
+        out.extend_from_slice(&buf[..n]);
+        self.link_hs.insert(
+            idx,
+            Pending {
+                hs,
+                remote_idx: None,
+                started: now,
+                ctx: LinkHs { dial },
+            },
+        );
+        self.counters.handshakes_sent += 1;
+        self.transmit(endpoint, out);
+    }
+
+    /// Handles one UDP datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.counters.rx_datagrams += 1;
+        self.counters.rx_bytes += data.len() as u64;
+        let msg = match TunnelMsg::parse(data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.counters.drop_malformed += 1;
+                return;
+            }
+        };
+        match msg {
+            TunnelMsg::InitXX { sender, noise } => {
+                self.on_link_init(now, from, Pattern::XX, sender, noise)
+            }
+            TunnelMsg::InitIK { sender, noise } => {
+                self.on_link_init(now, from, Pattern::IK, sender, noise)
+            }
+            TunnelMsg::Response {
+                sender,
+                receiver,
+                noise,
+            } => self.on_link_response(now, from, sender, receiver, noise),
+            TunnelMsg::Final {
+                sender,
+                receiver,
+                noise,
+            } => self.on_link_final(now, from, sender, receiver, noise),
+            TunnelMsg::Data {
+                receiver,
+                counter,
+                ciphertext,
+            } => self.on_link_data(now, from, receiver, counter, ciphertext),
+        }
+    }
+
+    fn on_link_init(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        pattern: Pattern,
+        sender: u32,
+        noise: &[u8],
+    ) {
+        if !self.hs_bucket.take(now) {
+            self.counters.drop_handshake_rate += 1;
+            return;
+        }
+        let Ok(mut hs) = Handshake::responder(&self.id, pattern, self.cfg.network_psk.as_ref())
+        else {
+            return;
+        };
+        if hs.read_message(noise).is_err() {
+            self.counters.drop_handshake_failed += 1;
+            return;
+        }
+        if let Some(k) = hs.remote() {
+            if !self.allowed(&k) || k == self.id.public_key() {
+                self.counters.drop_not_allowed += 1;
+                return;
+            }
+        }
+        let idx = self.new_index();
+        let mut out = Vec::with_capacity(9 + MAX_HANDSHAKE_LEN);
+        wire::write_handshake_header(&mut out, msg_type::RESPONSE, idx, Some(sender));
+        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
+        let Ok(n) = hs.write_message(&mut buf) else {
+            self.counters.drop_handshake_failed += 1;
+            return;
+        };
+        out.extend_from_slice(&buf[..n]);
+        self.transmit(from, out);
+        if hs.is_finished() {
+            self.finish_link_handshake(now, from, hs, idx, sender, None);
+        } else {
+            self.link_hs.insert(
+                idx,
+                Pending {
+                    hs,
+                    remote_idx: Some(sender),
+                    started: now,
+                    ctx: LinkHs { dial: None },
+                },
+            );
+        }
+    }
+
+    fn on_link_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: u32,
+        receiver: u32,
+        noise: &[u8],
+    ) {
+        let Some(mut p) = self.link_hs.take(receiver) else {
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        if p.remote_idx.is_some() || !p.hs.is_initiator() {
+            self.counters.drop_malformed += 1;
+            return;
+        }
+        if p.hs.read_message(noise).is_err() {
+            self.counters.drop_handshake_failed += 1;
+            return;
+        }
+        match p.hs.remote() {
+            Some(k) if self.allowed(&k) && k != self.id.public_key() => {}
+            _ => {
+                self.counters.drop_not_allowed += 1;
+                return;
+            }
+        }
+        if !p.hs.is_finished() {
+            let mut out = Vec::with_capacity(9 + MAX_HANDSHAKE_LEN);
+            wire::write_handshake_header(&mut out, msg_type::FINAL, receiver, Some(sender));
+            let mut buf = [0u8; MAX_HANDSHAKE_LEN];
+            let Ok(n) = p.hs.write_message(&mut buf) else {
+                return;
+            };
+            out.extend_from_slice(&buf[..n]);
+            self.transmit(from, out);
+        }
+        self.finish_link_handshake(now, from, p.hs, receiver, sender, p.ctx.dial);
+    }
+
+    fn on_link_final(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: u32,
+        receiver: u32,
+        noise: &[u8],
+    ) {
+        let Some(mut p) = self.link_hs.take(receiver) else {
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        if p.remote_idx != Some(sender) || p.hs.read_message(noise).is_err() {
+            self.counters.drop_handshake_failed += 1;
+            return;
+        }
+        match p.hs.remote() {
+            Some(k) if self.allowed(&k) && k != self.id.public_key() => {}
+            _ => {
+                self.counters.drop_not_allowed += 1;
+                return;
+            }
+        }
+        self.finish_link_handshake(now, from, p.hs, receiver, sender, None);
+    }
+
+    fn finish_link_handshake(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        hs: Handshake,
+        local_idx: u32,
+        remote_idx: u32,
+        dial: Option<u64>,
+    ) {
+        let we_initiated = hs.is_initiator();
+        let Ok((transport, key)) = hs.into_transport() else {
+            self.counters.drop_handshake_failed += 1;
+            return;
+        };
+        self.counters.handshakes_completed += 1;
+        let configured = dial.and_then(|id| self.dials.get_mut(&id)).map(|d| {
+            d.linked = Some(key);
+            d.backoff = FIRST_BACKOFF;
+            d.endpoint
+        });
+        let d = match self.link_by_key.get(&key) {
+            Some(&d) => d,
+            None => {
+                let d = self
+                    .links
+                    .iter()
+                    .position(Option::is_none)
+                    .unwrap_or(self.links.len());
+                if d > switch::MAX_DIRECTOR as usize {
+                    self.counters.drop_not_allowed += 1;
+                    return;
+                }
+                let link = Link {
+                    key,
+                    director: d as Director,
+                    endpoint: from,
+                    configured: None,
+                    keys: KeyPair::default(),
+                    up: false,
+                    last_rx: now,
+                    last_data_tx: now
+                        - ACTIVE_WINDOW.min(now.saturating_duration_since(self.started)),
+                    last_ping: None,
+                    ping_seq: 0,
+                    rtt: None,
+                    stats: LinkStats::default(),
+                    down_since: Some(now),
+                    redial_at: now,
+                    backoff: FIRST_BACKOFF,
+                    control_bucket: TokenBucket::new(1000.0, 500.0),
+                    session_hs_bucket: TokenBucket::new(100.0, 100.0),
+                    observed: None,
+                };
+                if d == self.links.len() {
+                    self.links.push(Some(link));
+                } else {
+                    self.links[d] = Some(link);
+                }
+                self.link_by_key.insert(key, d as Director);
+                d as Director
+            }
+        };
+        let me = self.id.public_key();
+        let l = self.links[d as usize].as_mut().expect("link exists");
+        if configured.is_some() {
+            l.configured = configured;
+        }
+        l.endpoint = from;
+        l.last_rx = now;
+        let gone = l.keys.install(
+            Keys {
+                transport,
+                local_idx,
+                remote_idx,
+                since: now,
+                we_initiated,
+            },
+            &me,
+            &key,
+            now,
+        );
+        for g in gone {
+            self.link_idx.remove(&g);
+        }
+        self.link_idx.insert(local_idx, d);
+        // Measure the RTT at once; the answer also tells us our observed endpoint.
+        let l = self.links[d as usize].as_mut().expect("link exists");
+        l.ping_seq = l.ping_seq.wrapping_add(1);
+        let seq = l.ping_seq;
+        l.last_ping = Some((now, seq));
+        let was_up = l.up;
+        self.send_on_link(now, d, link_kind::PING, &seq.to_le_bytes());
+        if !was_up {
+            self.link_up(now, d);
+        }
+    }
+
+    fn link_up(&mut self, now: Instant, d: Director) {
+        let l = self.links[d as usize].as_mut().expect("link exists");
+        l.up = true;
+        l.down_since = None;
+        l.backoff = FIRST_BACKOFF;
+        let key = l.key;
+        tracing::info!(peer = %key.address(), director = d, endpoint = %l.endpoint, "link up");
+        self.events.push_back(Event::LinkUp(key));
+        self.table.upsert(
+            key,
+            Label::single(d).expect("director fits"),
+            None,
+            now,
+            true,
+        );
+        if self.next_self_lookup.is_none() {
+            self.next_self_lookup = Some(now);
+        }
+        self.on_routes_changed(now, &[key.address()]);
+    }
+
+    fn link_down(&mut self, now: Instant, d: Director) {
+        let Some(l) = self.links[d as usize].as_mut() else {
+            return;
+        };
+        if !l.up {
+            return;
+        }
+        l.up = false;
+        l.down_since = Some(now);
+        l.redial_at = now;
+        l.backoff = FIRST_BACKOFF;
+        let key = l.key;
+        tracing::info!(peer = %key.address(), director = d, "link down");
+        self.counters.links_down += 1;
+        self.events.push_back(Event::LinkDown(key));
+        let direct = Label::single(d).expect("director fits");
+        self.table.unpin(&key.address(), direct, now);
+        let touched = self
+            .table
+            .mark_broken(|l| l.directors().next() == Some(d), now);
+        self.on_path_broken(now, |l| l.directors().next() == Some(d));
+        self.on_routes_changed(now, &touched);
+    }
+
+    fn forget_link(&mut self, now: Instant, d: Director) {
+        self.link_down(now, d);
+        if let Some(mut l) = self.links[d as usize].take() {
+            for i in l.keys.clear() {
+                self.link_idx.remove(&i);
+            }
+            self.link_by_key.remove(&l.key);
+        }
+    }
+
+    fn on_link_data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        receiver: u32,
+        counter: u64,
+        ct: &[u8],
+    ) {
+        let Some(&d) = self.link_idx.get(&receiver) else {
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        let mut plain = std::mem::take(&mut self.scratch);
+        let l = self.links[d as usize]
+            .as_mut()
+            .expect("indexed link exists");
+        let Some(keys) = l.keys.by_index(receiver) else {
+            self.scratch = plain;
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        let n = match keys.transport.decrypt(counter, ct, &mut plain) {
+            Ok(n) => n,
+            Err(crypto::noise::NoiseError::Replay) => {
+                self.scratch = plain;
+                self.counters.drop_replay += 1;
+                return;
+            }
+            Err(_) => {
+                self.scratch = plain;
+                self.counters.drop_decrypt += 1;
+                return;
+            }
+        };
+        l.last_rx = now;
+        l.stats.rx_packets += 1;
+        l.stats.rx_bytes += ct.len() as u64 + DATA_HEADER_LEN as u64;
+        if l.endpoint != from {
+            // Roaming: an authenticated packet from a new address moves the peer.
+            tracing::info!(peer = %l.key.address(), old = %l.endpoint, new = %from, "peer moved");
+            l.endpoint = from;
+        }
+        if !l.up {
+            self.link_up(now, d);
+        }
+        if n == 0 {
+            self.scratch = plain;
+            self.counters.drop_malformed += 1;
+            return;
+        }
+        match plain[0] {
+            link_kind::FRAME => self.on_frame(now, d, &mut plain[1..n]),
+            link_kind::PING if n >= 5 => {
+                let mut reply = [0u8; 4 + 19];
+                reply[..4].copy_from_slice(&plain[1..5]);
+                let len = 4 + encode_endpoint(&from, &mut reply[4..]);
+                self.send_on_link(now, d, link_kind::PONG, &reply[..len]);
+            }
+            link_kind::PONG if n >= 5 => {
+                let seq = u32::from_le_bytes(plain[1..5].try_into().expect("4 bytes"));
+                let observed = decode_endpoint(&plain[5..n]);
+                let l = self.links[d as usize].as_mut().expect("link");
+                if let Some((t, s)) = l.last_ping {
+                    if s == seq {
+                        l.rtt = Some(now.saturating_duration_since(t));
+                        l.last_ping = None;
+                    }
+                }
+                if observed.is_some() {
+                    l.observed = observed;
+                }
+            }
+            link_kind::CLOSE => {
+                let l = self.links[d as usize].as_mut().expect("link");
+                for i in l.keys.clear() {
+                    self.link_idx.remove(&i);
+                }
+                self.link_down(now, d);
+                // Don't redial at once: the peer is shutting down or removed us.
+                if let Some(l) = self.links[d as usize].as_mut() {
+                    l.redial_at = now + Duration::from_secs(1);
+                }
+            }
+            _ => self.counters.drop_malformed += 1,
+        }
+        self.scratch = plain;
+    }
+
+    /// Encrypts `kind, body` for link `d` and queues it. Returns false if the link is down.
+    pub(crate) fn send_on_link(
+        &mut self,
+        now: Instant,
+        d: Director,
+        kind: u8,
+        body: &[u8],
+    ) -> bool {
+        let Some(l) = self.links.get_mut(d as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(keys) = l.keys.sending(now) else {
+            return false;
+        };
+        let mut plain = Vec::with_capacity(1 + body.len());
+        plain.push(kind);
+        plain.extend_from_slice(body);
+        let mut out = vec![0u8; DATA_HEADER_LEN + plain.len() + TAG_LEN];
+        let Ok((counter, n)) = keys.transport.encrypt(&plain, &mut out[DATA_HEADER_LEN..]) else {
+            return false;
+        };
+        wire::write_data_header(&mut out, keys.remote_idx, counter);
+        out.truncate(DATA_HEADER_LEN + n);
+        l.stats.tx_packets += 1;
+        l.stats.tx_bytes += out.len() as u64;
+        if kind == link_kind::FRAME {
+            l.last_data_tx = now;
+        }
+        let dst = l.endpoint;
+        self.transmit(dst, out);
+        true
+    }
+
+    // ---------------------------------------------------------------- switch
+
+    fn on_frame(&mut self, now: Instant, came_in: Director, frame: &mut [u8]) {
+        match switch::forward(frame, Some(came_in)) {
+            Decision::Drop => self.counters.drop_malformed += 1,
+            Decision::Deliver => {
+                let Ok(h) = SwitchHeader::parse(frame) else {
+                    return;
+                };
+                self.on_local_frame(now, h, Some(came_in), &frame[SwitchHeader::LEN..]);
+            }
+            Decision::Forward(out) => {
+                self.counters.forwarded += 1;
+                if self
+                    .links
+                    .get(out as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|l| l.up)
+                    && self.send_on_link(now, out, link_kind::FRAME, frame)
+                {
+                    return;
+                }
+                let Ok(h) = SwitchHeader::parse(frame) else {
+                    return;
+                };
+                let code = if self
+                    .links
+                    .get(out as usize)
+                    .and_then(Option::as_ref)
+                    .is_some()
+                {
+                    ErrorCode::LinkDown
+                } else {
+                    ErrorCode::NoSuchLink
+                };
+                self.counters.drop_no_route += 1;
+                if h.kind == FrameKind::Error
+                    || !h.reverse.is_valid()
+                    || !self.error_bucket.take(now)
+                {
+                    return;
+                }
+                let remaining = h.route.push(out).unwrap_or(Label::INVALID);
+                let err = SwitchError {
+                    code,
+                    reporter: self.id.public_key(),
+                    remaining: remaining.0,
+                };
+                self.send_frame(now, h.reverse, FrameKind::Error, &err.to_bytes());
+            }
+        }
+    }
+
+    /// Sends a frame we originate along `route`. Returns false if the first hop is down.
+    pub(crate) fn send_frame(
+        &mut self,
+        now: Instant,
+        route: Label,
+        kind: FrameKind,
+        body: &[u8],
+    ) -> bool {
+        let mut frame = Vec::with_capacity(SwitchHeader::LEN + body.len());
+        frame.resize(SwitchHeader::LEN, 0);
+        SwitchHeader {
+            route,
+            reverse: Label::SELF,
+            kind,
+        }
+        .write(&mut frame);
+        frame.extend_from_slice(body);
+        match switch::forward(&mut frame, None) {
+            Decision::Forward(d) => self.send_on_link(now, d, link_kind::FRAME, &frame),
+            Decision::Deliver | Decision::Drop => false,
+        }
+    }
+
+    fn on_local_frame(
+        &mut self,
+        now: Instant,
+        h: SwitchHeader,
+        came_in: Option<Director>,
+        body: &[u8],
+    ) {
+        match h.kind {
+            FrameKind::Session => self.on_session_message(now, h.reverse, came_in, body),
+            FrameKind::Router => {
+                if let Some(l) = came_in
+                    .and_then(|d| self.links.get_mut(d as usize))
+                    .and_then(Option::as_mut)
+                {
+                    if !l.control_bucket.take(now) {
+                        self.counters.drop_control_rate += 1;
+                        return;
+                    }
+                }
+                self.on_control(now, h.reverse, body);
+            }
+            FrameKind::Error => {
+                let Some(e) = SwitchError::parse(body) else {
+                    self.counters.drop_malformed += 1;
+                    return;
+                };
+                self.counters.switch_errors += 1;
+                let remaining = Label(e.remaining);
+                if !remaining.is_valid() || remaining == Label::SELF {
+                    return;
+                }
+                let broken = move |l: Label| l.ends_with(remaining);
+                let touched = self.table.mark_broken(broken, now);
+                self.on_path_broken(now, broken);
+                self.on_routes_changed(now, &touched);
+            }
+        }
+    }
+}
+
+/// Endpoint as `family u8 (4|6), ip, port u16 LE`.
+fn encode_endpoint(e: &SocketAddr, out: &mut [u8]) -> usize {
+    match e {
+        SocketAddr::V4(a) => {
+            out[0] = 4;
+            out[1..5].copy_from_slice(&a.ip().octets());
+            out[5..7].copy_from_slice(&a.port().to_le_bytes());
+            7
+        }
+        SocketAddr::V6(a) => {
+            out[0] = 6;
+            out[1..17].copy_from_slice(&a.ip().octets());
+            out[17..19].copy_from_slice(&a.port().to_le_bytes());
+            19
+        }
+    }
+}
+
+fn decode_endpoint(b: &[u8]) -> Option<SocketAddr> {
+    match *b.first()? {
+        4 if b.len() >= 7 => {
+            let ip: [u8; 4] = b[1..5].try_into().ok()?;
+            Some(SocketAddr::from((ip, u16::from_le_bytes([b[5], b[6]]))))
+        }
+        6 if b.len() >= 19 => {
+            let ip: [u8; 16] = b[1..17].try_into().ok()?;
+            Some(SocketAddr::from((ip, u16::from_le_bytes([b[17], b[18]]))))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,556 @@
+//! Kademlia lookups, path probes and the router control protocol.
+//!
+//! A lookup for a target address asks the closest nodes we know (by XOR distance), three at a
+//! time, for the nodes *they* know closest to it. Each answer is signed by its responder, so
+//! it also proves the path we used to reach the responder; its records carry labels from the
+//! responder, which we splice onto our path to it. The lookup ends when the target itself
+//! answers (its path is then verified) or when no closer node is left to ask.
+
+use std::time::{Duration, Instant};
+
+use crypto::{Address, PublicKey};
+use rand::Rng;
+use switch::{FrameKind, Label};
+
+use crate::control::{Control, NodeRecord, MAX_RECORDS};
+use crate::node::{Event, Node};
+
+/// Parallel queries per lookup.
+const ALPHA: usize = 3;
+/// How many closest nodes a lookup must have heard from.
+const K: usize = 8;
+/// Records in an answer.
+const ANSWER_RECORDS: usize = 8;
+/// A query unanswered this long is failed.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A probe unanswered this long marks its path failed.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A lookup gives up after this.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(6);
+/// Most candidates a lookup keeps.
+const MAX_CANDIDATES: usize = 48;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CandState {
+    New,
+    Asked,
+    Answered,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    key: PublicKey,
+    addr: Address,
+    path: Label,
+    state: CandState,
+}
+
+/// A lookup in progress.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    target: Address,
+    cands: Vec<Candidate>,
+    started: Instant,
+    /// Other paths to the target seen in answers, probed once it is found.
+    target_paths: Vec<(PublicKey, Label)>,
+    /// Admin requests waiting for the answer.
+    waiters: Vec<u64>,
+}
+
+/// Why a query was sent.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Purpose {
+    /// A lookup step for this target.
+    Find(Address),
+    /// A path probe (failure marks the path).
+    Probe,
+    /// Checking a node that asked us, before adding it to the table.
+    Verify,
+    /// An admin ping.
+    Admin(u64),
+}
+
+/// An outstanding query.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Query {
+    to: PublicKey,
+    path: Label,
+    sent: Instant,
+    purpose: Purpose,
+}
+
+impl Node {
+    /// Starts a lookup for `target` unless one runs. `waiter`: an admin request id to answer.
+    pub(crate) fn start_lookup(&mut self, now: Instant, target: Address, waiter: Option<u64>) {
+        if let Some(l) = self.lookups.get_mut(&target) {
+            l.waiters.extend(waiter);
+            return;
+        }
+        self.counters.lookups += 1;
+        let mut cands: Vec<Candidate> = self
+            .table
+            .closest(&target, K)
+            .into_iter()
+            .filter_map(|e| {
+                Some(Candidate {
+                    key: e.key,
+                    addr: e.addr,
+                    path: e.best()?.label,
+                    state: CandState::New,
+                })
+            })
+            .collect();
+        cands.sort_by_key(|c| c.addr.distance(&target));
+        self.lookups.insert(
+            target,
+            Lookup {
+                target,
+                cands,
+                started: now,
+                target_paths: Vec::new(),
+                waiters: waiter.into_iter().collect(),
+            },
+        );
+        self.step_lookup(now, target);
+    }
+
+    fn send_query(&mut self, now: Instant, to: PublicKey, path: Label, purpose: Purpose) -> bool {
+        let txid: u64 = self.rng.gen();
+        let msg = match purpose {
+            Purpose::Find(target) => Control::FindNode {
+                txid,
+                target,
+                asker: self.id.public_key(),
+            },
+            _ => Control::Ping {
+                txid,
+                asker: self.id.public_key(),
+            },
+        };
+        if !self.send_frame(now, path, FrameKind::Router, &msg.to_bytes()) {
+            return false;
+        }
+        self.queries.insert(
+            txid,
+            Query {
+                to,
+                path,
+                sent: now,
+                purpose,
+            },
+        );
+        true
+    }
+
+    fn step_lookup(&mut self, now: Instant, target: Address) {
+        let Some(l) = self.lookups.get_mut(&target) else {
+            return;
+        };
+        l.cands.sort_by_key(|c| c.addr.distance(&target));
+        if l.cands
+            .first()
+            .is_some_and(|c| c.addr == target && c.state == CandState::Answered)
+        {
+            self.finish_lookup(now, target, true);
+            return;
+        }
+        let mut inflight = l
+            .cands
+            .iter()
+            .filter(|c| c.state == CandState::Asked)
+            .count();
+        let mut to_ask = Vec::new();
+        for c in l
+            .cands
+            .iter_mut()
+            .filter(|c| c.state != CandState::Failed)
+            .take(K)
+        {
+            if inflight >= ALPHA {
+                break;
+            }
+            if c.state == CandState::New {
+                c.state = CandState::Asked;
+                inflight += 1;
+                to_ask.push((c.key, c.path));
+            }
+        }
+        for (key, path) in to_ask {
+            if !self.send_query(now, key, path, Purpose::Find(target)) {
+                self.candidate_failed(target, &key);
+                inflight -= 1;
+            }
+        }
+        if inflight == 0 {
+            let l = self.lookups.get(&target).expect("lookup");
+            if !l
+                .cands
+                .iter()
+                .any(|c| c.state == CandState::New || c.state == CandState::Asked)
+            {
+                self.finish_lookup(now, target, false);
+            } else {
+                self.step_lookup(now, target);
+            }
+        }
+    }
+
+    fn candidate_failed(&mut self, target: Address, key: &PublicKey) {
+        if let Some(c) = self
+            .lookups
+            .get_mut(&target)
+            .and_then(|l| l.cands.iter_mut().find(|c| c.key == *key))
+        {
+            c.state = CandState::Failed;
+        }
+    }
+
+    fn finish_lookup(&mut self, now: Instant, target: Address, found: bool) {
+        let Some(l) = self.lookups.remove(&target) else {
+            return;
+        };
+        if found {
+            self.counters.lookups_found += 1;
+            // Verify the other paths seen, so failover has somewhere to go.
+            let best = self
+                .table
+                .get(&target)
+                .and_then(|e| e.best())
+                .map(|p| p.label);
+            for (key, path) in l
+                .target_paths
+                .iter()
+                .filter(|(_, p)| Some(*p) != best)
+                .take(3)
+            {
+                self.send_query(now, *key, *path, Purpose::Probe);
+            }
+        } else {
+            self.counters.lookups_failed += 1;
+        }
+        let result = if found {
+            self.table
+                .get(&target)
+                .and_then(|e| Some((e.key, e.best()?.label)))
+        } else {
+            None
+        };
+        for id in l.waiters {
+            self.events.push_back(Event::Lookup { id, result });
+        }
+        self.on_lookup_done(now, target, found);
+    }
+
+    /// Handles a router control message delivered to us; `reverse` leads back to the sender.
+    pub(crate) fn on_control(&mut self, now: Instant, reverse: Label, body: &[u8]) {
+        let Some(msg) = Control::from_bytes(body) else {
+            self.counters.drop_bad_control += 1;
+            return;
+        };
+        match msg {
+            Control::FindNode {
+                txid,
+                target,
+                asker,
+            } => {
+                if !reverse.is_valid() {
+                    return;
+                }
+                let asker_addr = asker.address();
+                let nodes: Vec<NodeRecord> = self
+                    .table
+                    .closest(&target, ANSWER_RECORDS + 1)
+                    .into_iter()
+                    .filter(|e| e.addr != asker_addr)
+                    .filter_map(|e| {
+                        Some(NodeRecord {
+                            key: e.key,
+                            label: e.best()?.label.0,
+                        })
+                    })
+                    .take(ANSWER_RECORDS.min(MAX_RECORDS))
+                    .collect();
+                let answer = Control::nodes(&self.id, txid, nodes);
+                self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
+                self.learn_of(now, asker, reverse);
+            }
+            Control::Ping { txid, .. } => {
+                if reverse.is_valid() {
+                    let answer = Control::pong(&self.id, txid);
+                    self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
+                }
+            }
+            Control::Nodes { txid, .. } | Control::Pong { txid, .. } => {
+                let Some(q) = self.queries.get(&txid).copied() else {
+                    self.counters.drop_bad_control += 1;
+                    return;
+                };
+                if !msg.verify_answer(&q.to) {
+                    // A lie: wrong key, bad signature, or the label led elsewhere.
+                    self.counters.drop_forged += 1;
+                    return;
+                }
+                self.queries.remove(&txid);
+                let rtt = now.saturating_duration_since(q.sent);
+                let addr = q.to.address();
+                self.table.upsert(q.to, q.path, Some(rtt), now, false);
+                match (q.purpose, msg) {
+                    (Purpose::Find(target), Control::Nodes { nodes, .. }) => {
+                        self.on_nodes(now, target, q, nodes)
+                    }
+                    (Purpose::Admin(id), _) => self.events.push_back(Event::Ping {
+                        id,
+                        result: Some((rtt, q.path, q.to)),
+                    }),
+                    _ => {}
+                }
+                self.on_routes_changed(now, &[addr]);
+            }
+        }
+    }
+
+    /// A node asked us something: if its bucket has room, check the path back to it with a
+    /// signed ping before it enters the table.
+    fn learn_of(&mut self, now: Instant, key: PublicKey, reverse: Label) {
+        let addr = key.address();
+        if addr == self.id.address()
+            || key.validate().is_err()
+            || self.table.get(&addr).is_some()
+            || !self.table.has_room_for(&addr, now)
+        {
+            return;
+        }
+        if self
+            .queries
+            .values()
+            .filter(|q| matches!(q.purpose, Purpose::Verify))
+            .count()
+            < 32
+        {
+            self.send_query(now, key, reverse, Purpose::Verify);
+        }
+    }
+
+    fn on_nodes(&mut self, now: Instant, target: Address, q: Query, nodes: Vec<NodeRecord>) {
+        let me = self.id.address();
+        let Some(l) = self.lookups.get_mut(&target) else {
+            return;
+        };
+        if let Some(c) = l.cands.iter_mut().find(|c| c.key == q.to) {
+            c.state = CandState::Answered;
+        }
+        for rec in nodes {
+            let Ok(addr) = rec.key.validate() else {
+                self.counters.drop_forged += 1;
+                continue;
+            };
+            let label = Label(rec.label);
+            if addr == me || !label.is_well_formed() {
+                continue;
+            }
+            let Ok(spliced) = q.path.splice(label) else {
+                continue;
+            };
+            // Prefer a path we already know works if it is no longer.
+            let path = match self.table.get(&addr).and_then(|e| e.best()) {
+                Some(p) if p.label.hops() <= spliced.hops() => p.label,
+                _ => spliced,
+            };
+            if addr == target
+                && !l.target_paths.iter().any(|(_, p)| *p == spliced)
+                && l.target_paths.len() < 6
+            {
+                l.target_paths.push((rec.key, spliced));
+            }
+            if !l.cands.iter().any(|c| c.addr == addr) {
+                l.cands.push(Candidate {
+                    key: rec.key,
+                    addr,
+                    path,
+                    state: CandState::New,
+                });
+            }
+        }
+        l.cands.sort_by_key(|c| c.addr.distance(&target));
+        l.cands.truncate(MAX_CANDIDATES);
+        self.step_lookup(now, target);
+    }
+
+    /// Probes every known path to `addr` (for busy sessions).
+    pub(crate) fn probe_paths(&mut self, now: Instant, addr: Address) {
+        let Some(e) = self.table.get(&addr) else {
+            return;
+        };
+        let key = e.key;
+        let paths: Vec<Label> = e
+            .paths
+            .iter()
+            .filter(|p| {
+                p.failed_at.is_none()
+                    || now.saturating_duration_since(p.last_ok) > Duration::from_secs(2)
+            })
+            .map(|p| p.label)
+            .take(3)
+            .collect();
+        for p in paths {
+            if !self
+                .queries
+                .values()
+                .any(|q| q.path == p && matches!(q.purpose, Purpose::Probe))
+            {
+                self.send_query(now, key, p, Purpose::Probe);
+            }
+        }
+    }
+
+    /// Fails outstanding queries whose path matches `broken` (a switch error or a dead link
+    /// said so), so lookups move on at once instead of waiting for the timeout.
+    pub(crate) fn fail_queries_on(&mut self, broken: &impl Fn(Label) -> bool) {
+        let dead: Vec<u64> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| broken(q.path))
+            .map(|(&t, _)| t)
+            .collect();
+        let mut targets = Vec::new();
+        for t in dead {
+            let q = self.queries.remove(&t).expect("query");
+            if let Purpose::Find(target) = q.purpose {
+                self.candidate_failed(target, &q.to);
+                targets.push(target);
+            }
+            if let Purpose::Admin(id) = q.purpose {
+                self.events.push_back(Event::Ping { id, result: None });
+            }
+        }
+        self.pending_lookup_steps.extend(targets);
+    }
+
+    pub(crate) fn tick_routing(&mut self, now: Instant) {
+        // Queries that timed out.
+        let expired: Vec<u64> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| {
+                let limit = match q.purpose {
+                    Purpose::Probe => PROBE_TIMEOUT,
+                    _ => QUERY_TIMEOUT,
+                };
+                now.saturating_duration_since(q.sent) >= limit
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for t in expired {
+            let q = self.queries.remove(&t).expect("query");
+            match q.purpose {
+                Purpose::Find(target) => {
+                    self.candidate_failed(target, &q.to);
+                    self.pending_lookup_steps.push(target);
+                }
+                Purpose::Probe => {
+                    // A silently dead path: mark it, so the session moves to the next one.
+                    self.counters.probes_lost += 1;
+                    let touched = self.table.mark_broken(|l| l == q.path, now);
+                    self.on_path_broken(now, |l| l == q.path);
+                    self.on_routes_changed(now, &touched);
+                }
+                Purpose::Verify => {}
+                Purpose::Admin(id) => self.events.push_back(Event::Ping { id, result: None }),
+            }
+        }
+        // Lookups past their deadline, and those whose queries failed.
+        let late: Vec<Address> = self
+            .lookups
+            .values()
+            .filter(|l| now.saturating_duration_since(l.started) > LOOKUP_DEADLINE)
+            .map(|l| l.target)
+            .collect();
+        for t in late {
+            self.finish_lookup(now, t, false);
+        }
+        let steps: Vec<Address> = std::mem::take(&mut self.pending_lookup_steps);
+        for t in steps {
+            self.step_lookup(now, t);
+        }
+        // Bootstrap and refresh: look ourselves up soon after the first link, then with
+        // growing gaps; look up a random address in a sparse bucket now and then.
+        if let Some(t) = self.next_self_lookup {
+            if now >= t && self.links.iter().flatten().any(|l| l.up) {
+                let me = self.id.address();
+                self.start_lookup(now, me, None);
+                self.self_lookups += 1;
+                let gap = Duration::from_millis(500) * 2u32.pow(self.self_lookups.min(6));
+                self.next_self_lookup = Some(now + gap.min(Duration::from_secs(30)));
+            }
+        }
+        if now >= self.next_refresh && self.links.iter().flatten().any(|l| l.up) {
+            self.next_refresh = now + Duration::from_secs(10);
+            let depth = self.table.depth() + 1;
+            let sparse: Vec<usize> = (0..depth.min(127))
+                .filter(|&b| self.table.bucket_len(b) < 4)
+                .collect();
+            if !sparse.is_empty() {
+                let b = sparse[self.rng.gen_range(0..sparse.len())];
+                let target = random_in_bucket(&self.id.address(), b, self.rng.gen());
+                self.start_lookup(now, target, None);
+            }
+        }
+        self.table.expire(now);
+    }
+
+    /// Pings `addr` through the mesh (looking it up first if needed). The answer comes as
+    /// [`Event::Ping`] with `id`.
+    pub fn ping(&mut self, now: Instant, addr: Address, id: u64) {
+        let target = self
+            .table
+            .get(&addr)
+            .and_then(|e| Some((e.key, e.best()?.label)));
+        match target {
+            Some((key, path)) => {
+                if !self.send_query(now, key, path, Purpose::Admin(id)) {
+                    self.events.push_back(Event::Ping { id, result: None });
+                }
+            }
+            None => {
+                self.pending_pings.push((addr, id));
+                self.start_lookup(now, addr, None);
+            }
+        }
+    }
+
+    /// Pings the node reached by `path` (a prefix of a route), expecting key `key`.
+    pub fn ping_path(&mut self, now: Instant, key: PublicKey, path: Label, id: u64) {
+        if !self.send_query(now, key, path, Purpose::Admin(id)) {
+            self.events.push_back(Event::Ping { id, result: None });
+        }
+    }
+
+    /// Looks `addr` up; the answer comes as [`Event::Lookup`] with `id`.
+    pub fn lookup(&mut self, now: Instant, addr: Address, id: u64) {
+        self.start_lookup(now, addr, Some(id));
+    }
+}
+
+/// A random address sharing exactly `bucket` leading bits with `me`.
+fn random_in_bucket(me: &Address, bucket: usize, r: u128) -> Address {
+    let m = u128::from_be_bytes(me.0);
+    let flip = 1u128 << (127 - bucket);
+    let low_mask = flip - 1;
+    let v = (m & !low_mask & !flip) | (!m & flip) | (r & low_mask);
+    Address(v.to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn random_in_bucket_lands_there(m in any::<u128>(), b in 0usize..128, r in any::<u128>()) {
+            let me = Address(m.to_be_bytes());
+            prop_assert_eq!(me.common_prefix_len(&random_in_bucket(&me, b, r)) as usize, b);
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! End-to-end sessions: Noise IK from source to destination over the switch, keyed by the
+//! destination's address. The key comes from a lookup and must hash to the address; the
+//! receiver only accepts inner IPv6 packets whose source is the hash of the session's key.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crypto::noise::{Handshake, Pattern, MAX_HANDSHAKE_LEN, TAG_LEN};
+use crypto::{Address, PublicKey};
+use switch::{Director, FrameKind, Label};
+
+use crate::icmp::{self, IcmpError};
+use crate::node::{Node, SessionHs};
+use crate::tunnel::{KeyPair, Keys, Pending};
+use crate::wire::{self, msg_type, TunnelMsg, DATA_HEADER_LEN};
+
+/// Packets held per destination while its lookup or handshake runs.
+pub const QUEUE_LIMIT: usize = 64;
+/// A session handshake is retried this often...
+const HANDSHAKE_RETRY: Duration = Duration::from_millis(1000);
+/// ...this many times before the destination counts as unreachable.
+const HANDSHAKE_ATTEMPTS: u32 = 4;
+/// A reply path learned from incoming packets is preferred while this fresh.
+const RX_PATH_FRESH: Duration = Duration::from_millis(1500);
+/// Sessions idle this long are dropped.
+const SESSION_IDLE: Duration = Duration::from_secs(300);
+/// How often paths of a busy session are probed.
+const PROBE_EVERY: Duration = Duration::from_millis(1000);
+
+/// Per-session counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// IPv6 bytes received.
+    pub rx_bytes: u64,
+    /// IPv6 bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+}
+
+/// State of one end-to-end session.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) key: Option<PublicKey>,
+    pub(crate) addr: Address,
+    pub(crate) keys: KeyPair,
+    /// Reverse route of the last authenticated packet, and when it came.
+    pub(crate) rx_path: Option<(Label, Instant)>,
+    pub(crate) queue: VecDeque<Vec<u8>>,
+    pub(crate) hs_started: Option<Instant>,
+    pub(crate) hs_attempts: u32,
+    pub(crate) last_rx: Instant,
+    pub(crate) last_tx: Instant,
+    pub(crate) last_probe: Instant,
+    pub(crate) current_path: Option<Label>,
+    pub(crate) stats: SessionStats,
+}
+
+/// Session information for the admin interface.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// Remote address.
+    pub address: Address,
+    /// Remote key, once known.
+    pub key: Option<PublicKey>,
+    /// Whether keys are established.
+    pub established: bool,
+    /// Path in use.
+    pub path: Option<Label>,
+    /// Traffic.
+    pub stats: SessionStats,
+    /// Packets waiting.
+    pub queued: usize,
+}
+
+impl Session {
+    fn new(addr: Address, now: Instant) -> Session {
+        let past = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+        Session {
+            key: None,
+            addr,
+            keys: KeyPair::default(),
+            rx_path: None,
+            queue: VecDeque::new(),
+            hs_started: None,
+            hs_attempts: 0,
+            last_rx: past,
+            last_tx: past,
+            last_probe: past,
+            current_path: None,
+            stats: SessionStats::default(),
+        }
+    }
+}
+
+impl Node {
+    /// End-to-end sessions, for the admin interface.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions
+            .values()
+            .map(|s| SessionInfo {
+                address: s.addr,
+                key: s.key,
+                established: s.keys.current.is_some(),
+                path: s.current_path,
+                stats: s.stats,
+                queued: s.queue.len(),
+            })
+            .collect()
+    }
+
+    /// Handles an IPv6 packet read from the TUN device.
+    pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) {
+        let Some((src, dst)) = icmp::addresses(packet) else {
+            self.counters.drop_tun_invalid += 1;
+            return;
+        };
+        let me = self.id.address().ip();
+        if src != me || dst.octets()[0] != 0xfc || dst == me {
+            // Router solicitations from fe80::, multicast, anything not ours to carry.
+            self.counters.drop_tun_invalid += 1;
+            return;
+        }
+        if packet.len() > self.cfg.mtu {
+            if let Some(e) = icmp::error(me, packet, IcmpError::TooBig(self.cfg.mtu as u32)) {
+                self.tun_out.push_back(e);
+            }
+            self.counters.drop_too_big += 1;
+            return;
+        }
+        self.send_to_address(now, Address::from(dst), packet);
+    }
+
+    fn send_to_address(&mut self, now: Instant, addr: Address, packet: &[u8]) {
+        if !self.sessions.contains_key(&addr) {
+            self.sessions.insert(addr, Session::new(addr, now));
+        }
+        if self.try_send_session(now, addr, packet) {
+            return;
+        }
+        let s = self.sessions.get_mut(&addr).expect("session exists");
+        if s.queue.len() >= QUEUE_LIMIT {
+            s.queue.pop_front();
+            self.counters.drop_queue_full += 1;
+        }
+        s.queue.push_back(packet.to_vec());
+        self.ensure_session_handshake(now, addr);
+    }
+
+    /// The route to use for `addr`: a fresh reply path, else the table's best, else any
+    /// reply path we have.
+    pub(crate) fn session_route(&self, now: Instant, addr: &Address) -> Option<Label> {
+        let s = self.sessions.get(addr);
+        let rx = s.and_then(|s| s.rx_path);
+        if let Some((l, t)) = rx {
+            if now.saturating_duration_since(t) < RX_PATH_FRESH {
+                return Some(l);
+            }
+        }
+        if let Some(p) = self.table.get(addr).and_then(|e| e.best()) {
+            return Some(p.label);
+        }
+        rx.map(|(l, _)| l)
+    }
+
+    /// Encrypts and sends `packet` if the session has keys and a route.
+    fn try_send_session(&mut self, now: Instant, addr: Address, packet: &[u8]) -> bool {
+        let Some(route) = self.session_route(now, &addr) else {
+            return false;
+        };
+        let s = self.sessions.get_mut(&addr).expect("session exists");
+        let Some(keys) = s.keys.sending(now) else {
+            return false;
+        };
+        let mut body = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
+        let Ok((counter, n)) = keys.transport.encrypt(packet, &mut body[DATA_HEADER_LEN..]) else {
+            return false;
+        };
+        wire::write_data_header(&mut body, keys.remote_idx, counter);
+        body.truncate(DATA_HEADER_LEN + n);
+        s.last_tx = now;
+        s.stats.tx_packets += 1;
+        s.stats.tx_bytes += packet.len() as u64;
+        if s.current_path != Some(route) {
+            if s.current_path.is_some() {
+                self.counters.path_switches += 1;
+            }
+            s.current_path = Some(route);
+        }
+        if !self.send_frame(now, route, FrameKind::Session, &body) {
+            // First hop down: the link-down handler has marked the path; try the next once.
+            let Some(next) = self.session_route(now, &addr).filter(|&n| n != route) else {
+                return false;
+            };
+            self.sessions.get_mut(&addr).expect("session").current_path = Some(next);
+            self.counters.path_switches += 1;
+            return self.send_frame(now, next, FrameKind::Session, &body);
+        }
+        true
+    }
+
+    /// Starts (or retries) the IK handshake to `addr`, or the lookup it needs first.
+    pub(crate) fn ensure_session_handshake(&mut self, now: Instant, addr: Address) {
+        let Some(s) = self.sessions.get(&addr) else {
+            return;
+        };
+        if s.hs_started
+            .is_some_and(|t| now.saturating_duration_since(t) < HANDSHAKE_RETRY)
+        {
+            return;
+        }
+        let key = s.key.or_else(|| self.table.get(&addr).map(|e| e.key));
+        let route = self.session_route(now, &addr);
+        let (Some(key), Some(route)) = (key, route) else {
+            self.start_lookup(now, addr, None);
+            return;
+        };
+        let Ok(mut hs) = Handshake::initiator(&self.id, Pattern::IK, Some(&key), None) else {
+            return;
+        };
+        let idx = self.new_index();
+        let mut msg = Vec::with_capacity(5 + MAX_HANDSHAKE_LEN);
+        wire::write_handshake_header(&mut msg, msg_type::INIT_IK, idx, None);
+        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
+        let Ok(n) = hs.write_message(&mut buf) else {
+            return;
+        };
+        msg.extend_from_slice(&buf[..n]);
+        // Only the newest handshake per destination stays in the table.
+        self.session_hs.retain(|p| p.ctx.addr != addr);
+        self.session_hs.insert(
+            idx,
+            Pending {
+                hs,
+                remote_idx: None,
+                started: now,
+                ctx: SessionHs { addr },
+            },
+        );
+        let s = self.sessions.get_mut(&addr).expect("session exists");
+        s.key = Some(key);
+        s.hs_started = Some(now);
+        s.hs_attempts += 1;
+        self.counters.session_handshakes_sent += 1;
+        self.send_frame(now, route, FrameKind::Session, &msg);
+    }
+
+    /// A session message delivered to us; `reverse` is the route back to its sender.
+    pub(crate) fn on_session_message(
+        &mut self,
+        now: Instant,
+        reverse: Label,
+        came_in: Option<Director>,
+        body: &[u8],
+    ) {
+        let Ok(msg) = TunnelMsg::parse(body) else {
+            self.counters.drop_malformed += 1;
+            return;
+        };
+        match msg {
+            TunnelMsg::InitIK { sender, noise } => {
+                self.on_session_init(now, reverse, came_in, sender, noise)
+            }
+            TunnelMsg::Response {
+                sender,
+                receiver,
+                noise,
+            } => {
+                let Some(mut p) = self.session_hs.take(receiver) else {
+                    self.counters.drop_unknown_index += 1;
+                    return;
+                };
+                if p.hs.read_message(noise).is_err() || !p.hs.is_finished() {
+                    self.counters.drop_handshake_failed += 1;
+                    return;
+                }
+                let addr = p.ctx.addr;
+                self.finish_session(now, addr, p.hs, receiver, sender, reverse);
+            }
+            TunnelMsg::Data {
+                receiver,
+                counter,
+                ciphertext,
+            } => self.on_session_data(now, reverse, receiver, counter, ciphertext),
+            TunnelMsg::InitXX { .. } | TunnelMsg::Final { .. } => self.counters.drop_malformed += 1,
+        }
+    }
+
+    fn on_session_init(
+        &mut self,
+        now: Instant,
+        reverse: Label,
+        came_in: Option<Director>,
+        sender: u32,
+        noise: &[u8],
+    ) {
+        if !reverse.is_valid() {
+            self.counters.drop_malformed += 1;
+            return;
+        }
+        // Session handshakes come through an authenticated neighbour: charge its budget, so
+        // a flood from strangers on the UDP port can't delay sessions, nor one peer all others.
+        let Some(link) = came_in
+            .and_then(|d| self.links.get_mut(d as usize))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        if !link.session_hs_bucket.take(now) {
+            self.counters.drop_handshake_rate += 1;
+            return;
+        }
+        let Ok(mut hs) = Handshake::responder(&self.id, Pattern::IK, None) else {
+            return;
+        };
+        if hs.read_message(noise).is_err() {
+            self.counters.drop_handshake_failed += 1;
+            return;
+        }
+        let Some(remote) = hs.remote() else { return };
+        let addr = remote.address();
+        if addr == self.id.address() {
+            return;
+        }
+        let idx = self.new_index();
+        let mut msg = Vec::with_capacity(9 + MAX_HANDSHAKE_LEN);
+        wire::write_handshake_header(&mut msg, msg_type::RESPONSE, idx, Some(sender));
+        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
+        let Ok(n) = hs.write_message(&mut buf) else {
+            return;
+        };
+        msg.extend_from_slice(&buf[..n]);
+        self.send_frame(now, reverse, FrameKind::Session, &msg);
+        self.finish_session(now, addr, hs, idx, sender, reverse);
+    }
+
+    fn finish_session(
+        &mut self,
+        now: Instant,
+        addr: Address,
+        hs: Handshake,
+        local_idx: u32,
+        remote_idx: u32,
+        reverse: Label,
+    ) {
+        let we_initiated = hs.is_initiator();
+        let Ok((transport, key)) = hs.into_transport() else {
+            return;
+        };
+        if key.address() != addr {
+            self.counters.drop_handshake_failed += 1;
+            return;
+        }
+        self.counters.sessions_established += 1;
+        let me = self.id.public_key();
+        let s = self
+            .sessions
+            .entry(addr)
+            .or_insert_with(|| Session::new(addr, now));
+        s.key = Some(key);
+        s.hs_started = None;
+        s.hs_attempts = 0;
+        s.rx_path = Some((reverse, now));
+        s.last_rx = now;
+        let gone = s.keys.install(
+            Keys {
+                transport,
+                local_idx,
+                remote_idx,
+                since: now,
+                we_initiated,
+            },
+            &me,
+            &key,
+            now,
+        );
+        for g in gone {
+            self.session_idx.remove(&g);
+        }
+        self.session_idx.insert(local_idx, addr);
+        self.flush_session(now, addr);
+    }
+
+    fn flush_session(&mut self, now: Instant, addr: Address) {
+        while let Some(p) = self
+            .sessions
+            .get_mut(&addr)
+            .and_then(|s| s.queue.pop_front())
+        {
+            if !self.try_send_session(now, addr, &p) {
+                self.sessions
+                    .get_mut(&addr)
+                    .expect("session")
+                    .queue
+                    .push_front(p);
+                break;
+            }
+        }
+    }
+
+    fn on_session_data(
+        &mut self,
+        now: Instant,
+        reverse: Label,
+        receiver: u32,
+        counter: u64,
+        ct: &[u8],
+    ) {
+        let Some(&addr) = self.session_idx.get(&receiver) else {
+            self.counters.drop_unknown_index += 1;
+            return;
+        };
+        let me = self.id.address().ip();
+        // Decrypt straight into the buffer that goes to the TUN: one allocation, no copy.
+        let mut plain = vec![0u8; ct.len().saturating_sub(TAG_LEN)];
+        let s = self
+            .sessions
+            .get_mut(&addr)
+            .expect("indexed session exists");
+        let Some(keys) = s.keys.by_index(receiver) else {
+            return;
+        };
+        let n = match keys.transport.decrypt(counter, ct, &mut plain) {
+            Ok(n) => n,
+            Err(crypto::noise::NoiseError::Replay) => {
+                self.counters.drop_replay += 1;
+                return;
+            }
+            Err(_) => {
+                self.counters.drop_decrypt += 1;
+                return;
+            }
+        };
+        s.last_rx = now;
+        if reverse.is_valid() {
+            s.rx_path = Some((reverse, now));
+        }
+        if n == 0 {
+            return; // keepalive
+        }
+        plain.truncate(n);
+        // Nobody can send as another node: the inner source must be the session's key.
+        match icmp::addresses(&plain) {
+            Some((src, dst)) if src == addr.ip() && dst == me => {
+                s.stats.rx_packets += 1;
+                s.stats.rx_bytes += n as u64;
+                self.tun_out.push_back(plain);
+            }
+            _ => self.counters.drop_spoofed += 1,
+        }
+    }
+
+    /// Paths matching `broken` died: stop using them as reply paths.
+    pub(crate) fn on_path_broken(&mut self, _now: Instant, broken: impl Fn(Label) -> bool) {
+        for s in self.sessions.values_mut() {
+            if s.rx_path.is_some_and(|(l, _)| broken(l)) {
+                s.rx_path = None;
+            }
+        }
+        self.fail_queries_on(&broken);
+    }
+
+    /// Routes to `addrs` changed: sessions waiting for them may go ahead.
+    pub(crate) fn on_routes_changed(&mut self, now: Instant, addrs: &[Address]) {
+        for a in addrs {
+            let Some(s) = self.sessions.get(a) else {
+                continue;
+            };
+            if s.queue.is_empty() {
+                continue;
+            }
+            if s.keys.current.is_some() {
+                self.flush_session(now, *a);
+            } else {
+                self.ensure_session_handshake(now, *a);
+            }
+        }
+    }
+
+    /// The lookup for `addr` finished.
+    pub(crate) fn on_lookup_done(&mut self, now: Instant, addr: Address, found: bool) {
+        let pings: Vec<u64> = self
+            .pending_pings
+            .iter()
+            .filter(|(a, _)| *a == addr)
+            .map(|&(_, id)| id)
+            .collect();
+        self.pending_pings.retain(|(a, _)| *a != addr);
+        for id in pings {
+            if found {
+                self.ping(now, addr, id);
+            } else {
+                self.events
+                    .push_back(crate::node::Event::Ping { id, result: None });
+            }
+        }
+        if found {
+            self.on_routes_changed(now, &[addr]);
+            return;
+        }
+        self.unreachable(addr);
+    }
+
+    /// Answers every packet queued for `addr` with ICMPv6 unreachable and drops the session
+    /// if it has no keys.
+    fn unreachable(&mut self, addr: Address) {
+        let me = self.id.address().ip();
+        let Some(s) = self.sessions.get_mut(&addr) else {
+            return;
+        };
+        for p in s.queue.drain(..) {
+            if let Some(e) = icmp::error(me, &p, IcmpError::NoRoute) {
+                self.tun_out.push_back(e);
+            }
+            self.counters.drop_unreachable += 1;
+        }
+        if s.keys.current.is_none() {
+            self.sessions.remove(&addr);
+        } else {
+            s.hs_attempts = 0;
+            s.hs_started = None;
+        }
+    }
+
+    pub(crate) fn tick_sessions(&mut self, now: Instant) {
+        let addrs: Vec<Address> = self.sessions.keys().copied().collect();
+        for addr in addrs {
+            let Some(s) = self.sessions.get(&addr) else {
+                continue;
+            };
+            let idle = now.saturating_duration_since(s.last_rx.max(s.last_tx));
+            if idle > SESSION_IDLE && s.queue.is_empty() {
+                let s = self.sessions.remove(&addr).expect("session");
+                for i in s.keys.indices() {
+                    self.session_idx.remove(&i);
+                }
+                continue;
+            }
+            // Handshake retries, then give up.
+            if let Some(t) = s.hs_started {
+                if now.saturating_duration_since(t) >= HANDSHAKE_RETRY {
+                    if s.hs_attempts >= HANDSHAKE_ATTEMPTS {
+                        self.unreachable(addr);
+                    } else {
+                        self.ensure_session_handshake(now, addr);
+                    }
+                }
+                continue;
+            }
+            let has_keys = s.keys.current.is_some();
+            let busy = now.saturating_duration_since(s.last_tx) < Duration::from_secs(5);
+            // We keep sending but hear nothing: the far end may have restarted and lost the
+            // session, or every path we know is dead. Handshake again (it also re-resolves).
+            let stale = has_keys
+                && busy
+                && now.saturating_duration_since(s.last_rx) > Duration::from_secs(2);
+            if (has_keys && busy && s.keys.needs_handshake(now))
+                || stale
+                || (!has_keys && !s.queue.is_empty())
+            {
+                if stale && s.hs_attempts == 0 {
+                    self.start_lookup(now, addr, None);
+                }
+                self.ensure_session_handshake(now, addr);
+                continue;
+            }
+            // Passive keepalive so one-way flows still prove the session alive.
+            if has_keys
+                && now.saturating_duration_since(s.last_rx) < Duration::from_secs(1)
+                && now.saturating_duration_since(s.last_tx) > Duration::from_secs(1)
+            {
+                self.try_send_session(now, addr, &[]);
+            }
+            // Probe the paths of destinations in use, so a silently dead one is noticed.
+            let s = self.sessions.get(&addr).expect("session");
+            let active = now.saturating_duration_since(s.last_tx) < Duration::from_secs(3);
+            if active && now.saturating_duration_since(s.last_probe) >= PROBE_EVERY {
+                self.sessions.get_mut(&addr).expect("session").last_probe = now;
+                self.probe_paths(now, addr);
+            }
+        }
+    }
+}

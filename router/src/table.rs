@@ -1,0 +1,311 @@
+//! The Kademlia routing table: nodes in buckets by how many leading address bits they share
+//! with us, at most `k` per bucket, so the table grows like O(k log n). Each entry keeps a few
+//! verified paths (labels) with measured RTT; direct peers are pinned.
+
+use std::time::{Duration, Instant};
+
+use crypto::{Address, PublicKey};
+use switch::Label;
+
+/// A path to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Path {
+    /// The route.
+    pub label: Label,
+    /// Last measured round trip.
+    pub rtt: Option<Duration>,
+    /// Last time something proved the path works.
+    pub last_ok: Instant,
+    /// Set when an error or a missed probe says the path broke.
+    pub failed_at: Option<Instant>,
+}
+
+impl Path {
+    fn score(&self) -> (bool, u128, usize) {
+        (
+            self.failed_at.is_some(),
+            self.rtt.map_or(u128::MAX / 2, |r| {
+                r.as_micros() + self.label.hops() as u128 * 50
+            }),
+            self.label.hops(),
+        )
+    }
+}
+
+/// A routing table entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The node's key.
+    pub key: PublicKey,
+    /// Its address (hash of the key).
+    pub addr: Address,
+    /// Known paths, best first.
+    pub paths: Vec<Path>,
+    /// Last time we heard from it.
+    pub last_seen: Instant,
+    /// Direct peers are never evicted.
+    pub pinned: bool,
+}
+
+impl Entry {
+    /// The best working path.
+    pub fn best(&self) -> Option<&Path> {
+        self.paths.first().filter(|p| p.failed_at.is_none())
+    }
+    fn sort(&mut self) {
+        self.paths.sort_by_key(|p| p.score());
+    }
+}
+
+/// Entries not heard from for this long are dropped.
+pub const ENTRY_TTL: Duration = Duration::from_secs(600);
+
+/// The routing table.
+#[derive(Debug)]
+pub struct RoutingTable {
+    me: Address,
+    buckets: Vec<Vec<Entry>>,
+    k: usize,
+    max_paths: usize,
+}
+
+impl RoutingTable {
+    /// An empty table for a node at `me`, `k` entries per bucket.
+    pub fn new(me: Address, k: usize) -> Self {
+        RoutingTable {
+            me,
+            buckets: (0..128).map(|_| Vec::new()).collect(),
+            k,
+            max_paths: 4,
+        }
+    }
+
+    fn bucket(&self, a: &Address) -> Option<usize> {
+        let cpl = self.me.common_prefix_len(a);
+        (cpl < 128).then_some(cpl as usize)
+    }
+
+    /// The entry for `a`.
+    pub fn get(&self, a: &Address) -> Option<&Entry> {
+        self.buckets[self.bucket(a)?].iter().find(|e| e.addr == *a)
+    }
+    /// The entry for `a`, mutable.
+    pub fn get_mut(&mut self, a: &Address) -> Option<&mut Entry> {
+        let b = self.bucket(a)?;
+        self.buckets[b].iter_mut().find(|e| e.addr == *a)
+    }
+
+    /// Whether a new node at `a` would be taken (its bucket has room, or it's known).
+    pub fn has_room_for(&self, a: &Address, now: Instant) -> bool {
+        let Some(b) = self.bucket(a) else {
+            return false;
+        };
+        let bucket = &self.buckets[b];
+        bucket.len() < self.k
+            || bucket
+                .iter()
+                .any(|e| e.addr == *a || Self::evictable(e, now))
+    }
+
+    fn evictable(e: &Entry, now: Instant) -> bool {
+        !e.pinned
+            && (e.best().is_none()
+                || now.saturating_duration_since(e.last_seen) > Duration::from_secs(120))
+    }
+
+    /// Records a verified path to `key`. Returns false if the bucket is full of live nodes
+    /// (Kademlia keeps the old ones: they are likelier to stay).
+    pub fn upsert(
+        &mut self,
+        key: PublicKey,
+        label: Label,
+        rtt: Option<Duration>,
+        now: Instant,
+        pinned: bool,
+    ) -> bool {
+        let addr = key.address();
+        let Some(b) = self.bucket(&addr) else {
+            return false;
+        };
+        let max_paths = self.max_paths;
+        let k = self.k;
+        let bucket = &mut self.buckets[b];
+        let e = match bucket.iter().position(|e| e.addr == addr) {
+            Some(i) => &mut bucket[i],
+            None => {
+                if bucket.len() >= k {
+                    match bucket.iter().position(|e| Self::evictable(e, now)) {
+                        Some(i) if !pinned || bucket.len() >= k => {
+                            bucket.swap_remove(i);
+                        }
+                        _ if pinned => {}
+                        _ => return false,
+                    }
+                }
+                bucket.push(Entry {
+                    key,
+                    addr,
+                    paths: Vec::new(),
+                    last_seen: now,
+                    pinned,
+                });
+                bucket.last_mut().expect("just pushed")
+            }
+        };
+        e.pinned |= pinned;
+        e.last_seen = now;
+        match e.paths.iter_mut().find(|p| p.label == label) {
+            Some(p) => {
+                p.last_ok = now;
+                p.failed_at = None;
+                if rtt.is_some() {
+                    p.rtt = rtt;
+                }
+            }
+            None => {
+                e.paths.push(Path {
+                    label,
+                    rtt,
+                    last_ok: now,
+                    failed_at: None,
+                });
+            }
+        }
+        e.sort();
+        e.paths.truncate(max_paths);
+        true
+    }
+
+    /// Unpins `a` (its link went down) and drops its direct path.
+    pub fn unpin(&mut self, a: &Address, direct: Label, now: Instant) {
+        if let Some(e) = self.get_mut(a) {
+            e.pinned = false;
+            for p in e.paths.iter_mut().filter(|p| p.label == direct) {
+                p.failed_at.get_or_insert(now);
+            }
+            e.sort();
+        }
+    }
+
+    /// Marks every path for which `broken` holds as failed; returns the addresses touched.
+    pub fn mark_broken(&mut self, broken: impl Fn(Label) -> bool, now: Instant) -> Vec<Address> {
+        let mut touched = Vec::new();
+        for e in self.buckets.iter_mut().flatten() {
+            let mut hit = false;
+            for p in e
+                .paths
+                .iter_mut()
+                .filter(|p| p.failed_at.is_none() && broken(p.label))
+            {
+                p.failed_at = Some(now);
+                hit = true;
+            }
+            if hit {
+                e.sort();
+                touched.push(e.addr);
+            }
+        }
+        touched
+    }
+
+    /// The `n` entries with a working path closest to `target` by XOR distance.
+    pub fn closest(&self, target: &Address, n: usize) -> Vec<&Entry> {
+        let mut v: Vec<&Entry> = self
+            .buckets
+            .iter()
+            .flatten()
+            .filter(|e| e.best().is_some())
+            .collect();
+        v.sort_by_key(|e| e.addr.distance(target));
+        v.truncate(n);
+        v
+    }
+
+    /// Drops entries unheard-of for [`ENTRY_TTL`], and failed paths older than a minute.
+    pub fn expire(&mut self, now: Instant) {
+        for b in &mut self.buckets {
+            b.retain(|e| e.pinned || now.saturating_duration_since(e.last_seen) < ENTRY_TTL);
+            for e in b.iter_mut() {
+                e.paths.retain(|p| {
+                    p.failed_at
+                        .is_none_or(|f| now.saturating_duration_since(f) < Duration::from_secs(60))
+                });
+            }
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
+    }
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// All entries.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().flatten()
+    }
+    /// Index of the deepest non-empty bucket (for refreshes).
+    pub fn depth(&self) -> usize {
+        self.buckets
+            .iter()
+            .rposition(|b| !b.is_empty())
+            .unwrap_or(0)
+    }
+    /// Entries in bucket `i`.
+    pub fn bucket_len(&self, i: usize) -> usize {
+        self.buckets.get(i).map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crypto::Identity;
+    use rand::SeedableRng;
+
+    #[test]
+    fn buckets_bounded_and_paths_ranked() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let me = Identity::generate(&mut rng);
+        let now = Instant::now();
+        let mut t = RoutingTable::new(me.address(), 4);
+        let ids: Vec<_> = (0..200).map(|_| Identity::generate(&mut rng)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            t.upsert(
+                id.public_key(),
+                Label::single((i % 8) as u16).unwrap(),
+                None,
+                now,
+                false,
+            );
+        }
+        // Roughly half the nodes fall in bucket 0..: each bucket holds at most 4.
+        assert!(t.len() <= 4 * 128);
+        assert!((0..128).all(|b| t.bucket_len(b) <= 4));
+        assert!(t.len() < 40, "O(k log n), got {}", t.len());
+
+        let x = ids[0].public_key();
+        if t.get(&x.address()).is_none() {
+            t.upsert(x, Label::single(1).unwrap(), None, now, true);
+        }
+        let slow = Label::from_directors(&[1, 2]).unwrap();
+        let fast = Label::from_directors(&[3, 2]).unwrap();
+        t.upsert(x, slow, Some(Duration::from_millis(9)), now, false);
+        t.upsert(x, fast, Some(Duration::from_millis(2)), now, false);
+        assert_eq!(t.get(&x.address()).unwrap().best().unwrap().label, fast);
+        let touched = t.mark_broken(
+            |l| {
+                l.ends_with(Label::single(2).unwrap())
+                    && l.hops() == 2
+                    && l.directors().next() == Some(3)
+            },
+            now,
+        );
+        assert_eq!(touched, vec![x.address()]);
+        assert_ne!(t.get(&x.address()).unwrap().best().unwrap().label, fast);
+        let c = t.closest(&x.address(), 3);
+        assert_eq!(c[0].addr, x.address());
+    }
+}
