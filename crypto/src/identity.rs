@@ -214,7 +214,7 @@ impl Identity {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rand::SeedableRng;
+    use rand::{RngCore, SeedableRng};
 
     /// Known answer: values computed independently (Python `cryptography` for ed25519, hashlib
     /// for BLAKE2b-128, the birational map u = (1+y)/(1-y) for x25519). Changing the derivation
