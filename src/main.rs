@@ -1,1 +1,137 @@
-fn main() {}
+//! `meshd`: the mesh router daemon and its command line.
+#![deny(unsafe_code)]
+
+mod config;
+mod daemon;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use config::{ConfigFile, PeerSpec};
+
+/// meshd: a mesh network router. Every node gets a stable fc00::/8 address from its key;
+/// ordinary programs reach any node by that address across many hops.
+#[derive(Parser, Debug)]
+#[command(name = "meshd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Config file (TOML; `meshd genconf` writes one). Flags override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// State directory: identity (without --config), admin token, saved peers.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// UDP address to listen on [default: [::]:7400].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A peer to link to: HOST:PORT or PUBKEY@HOST:PORT. Repeatable.
+    #[arg(long = "peer", value_name = "[PUBKEY@]HOST:PORT")]
+    peers: Vec<String>,
+    /// TUN device name [default: meshd0].
+    #[arg(long)]
+    tun: Option<String>,
+    /// Admin API address [default: 127.0.0.1:7401].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Network secret: only nodes with the same secret link.
+    #[arg(long, env = "MESHD_NETWORK_SECRET")]
+    network_secret: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print a complete, commented config with a fresh identity.
+    Genconf,
+    /// Print this node's address and public key.
+    Address,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("meshd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Genconf) => {
+            print!("{}", config::generate_config());
+            Ok(())
+        }
+        Some(Cmd::Address) => {
+            let (file, state_dir) = load_config(&cli)?;
+            let id = identity(&file, &state_dir)?;
+            println!("{}", id.address());
+            println!("{}", id.public_key());
+            Ok(())
+        }
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| "info".into()))
+                .with_writer(std::io::stderr)
+                .init();
+            let settings = settings(cli)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(daemon::run(settings))
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<(ConfigFile, PathBuf)> {
+    let file = match &cli.config {
+        Some(p) => ConfigFile::load(p)?,
+        None => ConfigFile::default(),
+    };
+    let state_dir = cli.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR));
+    Ok((file, state_dir))
+}
+
+fn identity(file: &ConfigFile, state_dir: &std::path::Path) -> Result<crypto::Identity> {
+    match &file.private_key {
+        Some(k) => config::identity_from_hex(k).context("config private_key"),
+        None => config::load_or_create_identity(state_dir),
+    }
+}
+
+fn settings(cli: Cli) -> Result<daemon::Settings> {
+    let (file, state_dir) = load_config(&cli)?;
+    let identity = identity(&file, &state_dir)?;
+    let listen = match (cli.listen, &file.listen) {
+        (Some(l), _) => l,
+        (None, Some(l)) => l.parse().with_context(|| format!("config listen {l:?}"))?,
+        (None, None) => config::DEFAULT_LISTEN.parse().expect("default parses"),
+    };
+    let admin = match (cli.admin, &file.admin) {
+        (Some(a), _) => a,
+        (None, Some(a)) => a.parse().with_context(|| format!("config admin {a:?}"))?,
+        (None, None) => config::DEFAULT_ADMIN.parse().expect("default parses"),
+    };
+    if !admin.ip().is_loopback() && !file.admin_allow_remote {
+        bail!("refusing to serve the admin API on non-loopback {admin}: set admin_allow_remote = true in the config to allow it");
+    }
+    let mut peers = Vec::new();
+    for p in file.peers.iter().chain(cli.peers.iter()) {
+        peers.push(PeerSpec::parse(p)?);
+    }
+    let secret = cli.network_secret.or(file.network_secret.clone());
+    let node = router::NodeConfig {
+        network_psk: secret.as_deref().map(crypto::network_psk),
+        allowed_keys: file.allowed()?,
+        ..Default::default()
+    };
+    Ok(daemon::Settings {
+        identity,
+        listen,
+        peers,
+        tun: cli.tun.or(file.tun.clone()).unwrap_or_else(|| config::DEFAULT_TUN.to_string()),
+        admin,
+        state_dir,
+        node,
+    })
+}

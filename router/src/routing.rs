@@ -69,6 +69,8 @@ pub(crate) enum Purpose {
     Verify,
     /// An admin ping.
     Admin(u64),
+    /// A traceroute hop: whoever answers at the end of the path.
+    Trace(u64),
 }
 
 /// An outstanding query.
@@ -286,23 +288,26 @@ impl Node {
                     self.counters.drop_bad_control += 1;
                     return;
                 };
-                if !msg.verify_answer(&q.to) {
+                let expected = match (&q.purpose, &msg) {
+                    (Purpose::Trace(_), Control::Pong { responder, .. }) => *responder,
+                    _ => q.to,
+                };
+                if !msg.verify_answer(&expected) {
                     // A lie: wrong key, bad signature, or the label led elsewhere.
                     self.counters.drop_forged += 1;
                     return;
                 }
                 self.queries.remove(&txid);
                 let rtt = now.saturating_duration_since(q.sent);
-                let addr = q.to.address();
-                self.table.upsert(q.to, q.path, Some(rtt), now, false);
+                let addr = expected.address();
+                self.table.upsert(expected, q.path, Some(rtt), now, false);
                 match (q.purpose, msg) {
                     (Purpose::Find(target), Control::Nodes { nodes, .. }) => {
                         self.on_nodes(now, target, q, nodes)
                     }
-                    (Purpose::Admin(id), _) => self.events.push_back(Event::Ping {
-                        id,
-                        result: Some((rtt, q.path, q.to)),
-                    }),
+                    (Purpose::Admin(id) | Purpose::Trace(id), _) => {
+                        self.events.push_back(Event::Ping { id, result: Some((rtt, q.path, expected)) })
+                    }
                     _ => {}
                 }
                 self.on_routes_changed(now, &[addr]);
@@ -420,7 +425,7 @@ impl Node {
                 self.candidate_failed(target, &q.to);
                 targets.push(target);
             }
-            if let Purpose::Admin(id) = q.purpose {
+            if let Purpose::Admin(id) | Purpose::Trace(id) = q.purpose {
                 self.events.push_back(Event::Ping { id, result: None });
             }
         }
@@ -456,7 +461,7 @@ impl Node {
                     self.on_routes_changed(now, &touched);
                 }
                 Purpose::Verify => {}
-                Purpose::Admin(id) => self.events.push_back(Event::Ping { id, result: None }),
+                Purpose::Admin(id) | Purpose::Trace(id) => self.events.push_back(Event::Ping { id, result: None }),
             }
         }
         // Lookups past their deadline, and those whose queries failed.
@@ -519,11 +524,19 @@ impl Node {
         }
     }
 
-    /// Pings the node reached by `path` (a prefix of a route), expecting key `key`.
-    pub fn ping_path(&mut self, now: Instant, key: PublicKey, path: Label, id: u64) {
-        if !self.send_query(now, key, path, Purpose::Admin(id)) {
+    /// Pings whichever node sits at the end of `path` (for traceroute: send it for each
+    /// prefix of a route). The answer, [`Event::Ping`] with `id`, names the responder's key,
+    /// checked by its signature.
+    pub fn ping_path(&mut self, now: Instant, path: Label, id: u64) {
+        let me = self.id.public_key();
+        if !self.send_query(now, me, path, Purpose::Trace(id)) {
             self.events.push_back(Event::Ping { id, result: None });
         }
+    }
+
+    /// The best known path to `addr`, if any.
+    pub fn path_to(&self, addr: &Address) -> Option<Label> {
+        self.table.get(addr).and_then(|e| e.best()).map(|p| p.label)
     }
 
     /// Looks `addr` up; the answer comes as [`Event::Lookup`] with `id`.
