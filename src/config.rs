@@ -39,6 +39,8 @@ pub struct ConfigFile {
     pub admin_allow_remote: bool,
     /// Admin token (else generated into STATE_DIR/admin.token).
     pub admin_token: Option<String>,
+    /// Also serve the admin API on this unix socket (mode 0600).
+    pub admin_socket: Option<PathBuf>,
     /// State directory.
     pub state_dir: Option<PathBuf>,
     /// Network secret: only nodes with the same secret can link.
@@ -51,8 +53,10 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<ConfigFile> {
-        let text = fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let cfg: ConfigFile = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let cfg: ConfigFile =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
         for p in &cfg.peers {
             PeerSpec::parse(p).with_context(|| format!("in config {}", path.display()))?;
         }
@@ -67,8 +71,11 @@ impl ConfigFile {
         }
         let mut set = std::collections::HashSet::new();
         for k in &self.allowed_keys {
-            let key: PublicKey = k.parse().with_context(|| format!("allowed_keys: bad key {k:?}"))?;
-            key.validate().with_context(|| format!("allowed_keys: {k}"))?;
+            let key: PublicKey = k
+                .parse()
+                .with_context(|| format!("allowed_keys: bad key {k:?}"))?;
+            key.validate()
+                .with_context(|| format!("allowed_keys: {k}"))?;
             set.insert(key);
         }
         Ok(Some(set))
@@ -91,16 +98,24 @@ impl PeerSpec {
     pub fn parse(s: &str) -> Result<PeerSpec> {
         let (key, rest) = match s.split_once('@') {
             Some((k, r)) => {
-                let key: PublicKey = k.parse().with_context(|| format!("peer {s:?}: the key must be 64 hex digits"))?;
+                let key: PublicKey = k
+                    .parse()
+                    .with_context(|| format!("peer {s:?}: the key must be 64 hex digits"))?;
                 key.validate().with_context(|| format!("peer {s:?}"))?;
                 (Some(key), r)
             }
             None => (None, s),
         };
-        let (host, port) = rest.rsplit_once(':').with_context(|| format!("peer {s:?}: expected HOST:PORT"))?;
-        let port: u16 = port.parse().with_context(|| format!("peer {s:?}: bad port"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .with_context(|| format!("peer {s:?}: expected HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("peer {s:?}: bad port"))?;
         let host = if let Some(h) = host.strip_prefix('[') {
-            h.strip_suffix(']').with_context(|| format!("peer {s:?}: unclosed ["))?.to_string()
+            h.strip_suffix(']')
+                .with_context(|| format!("peer {s:?}: unclosed ["))?
+                .to_string()
         } else {
             if host.contains(':') {
                 bail!("peer {s:?}: write IPv6 literals in brackets, like [::1]:7400");
@@ -118,8 +133,12 @@ impl PeerSpec {
         if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
             return Ok(SocketAddr::new(ip, self.port));
         }
-        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await.with_context(|| format!("resolving {}", self.host))?;
-        addrs.next().with_context(|| format!("{} has no address", self.host))
+        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("resolving {}", self.host))?;
+        addrs
+            .next()
+            .with_context(|| format!("{} has no address", self.host))
     }
 }
 
@@ -127,14 +146,32 @@ impl PeerSpec {
 pub fn load_or_create_identity(state_dir: &Path) -> Result<Identity> {
     let path = state_dir.join("identity");
     if path.exists() {
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         return identity_from_hex(text.trim()).with_context(|| format!("in {}", path.display()));
     }
-    fs::create_dir_all(state_dir).with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     let id = Identity::generate(&mut rand::rngs::OsRng);
     write_secret(&path, &format!("{}\n", hex::encode(id.seed())))?;
     tracing::info!(address = %id.address(), "created a new identity in {}", path.display());
     Ok(id)
+}
+
+/// The admin token in `STATE_DIR/admin.token`, generated (mode 0600) on first start.
+pub fn load_or_create_admin_token(state_dir: &Path) -> Result<String> {
+    let path = state_dir.join("admin.token");
+    if path.exists() {
+        let t = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(t.trim().to_string());
+    }
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let mut b = [0u8; 24];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    let token = hex::encode(b);
+    write_secret(&path, &format!("{token}\n"))?;
+    Ok(token)
 }
 
 /// Writes a secret file with mode 0600.
@@ -186,6 +223,8 @@ admin = "{admin}"
 admin_allow_remote = false
 # Bearer token for the admin API; if unset, one is generated into STATE_DIR/admin.token.
 # admin_token = "..."
+# Also serve the admin API on a unix socket (mode 0600).
+# admin_socket = "/run/meshd/admin.sock"
 
 # Where runtime state (admin token, saved peers) lives.
 state_dir = "{state}"
@@ -213,7 +252,10 @@ mod tests {
     #[test]
     fn peer_specs() {
         let p = PeerSpec::parse("example.org:7400").unwrap();
-        assert_eq!((p.host.as_str(), p.port, p.key), ("example.org", 7400, None));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.key),
+            ("example.org", 7400, None)
+        );
         let p = PeerSpec::parse("[::1]:7400").unwrap();
         assert_eq!(p.host, "::1");
         let p = PeerSpec::parse("10.0.0.1:1").unwrap();
@@ -221,7 +263,14 @@ mod tests {
         let key = "71d0c74b105f51884f5849366f8ba7968141ffc0846de4f3a3682ae5d0fe833e";
         let p = PeerSpec::parse(&format!("{key}@[fe80::1]:7400")).unwrap();
         assert_eq!(p.key.unwrap().to_hex(), key);
-        for bad in ["nohost", "::1:7400", "h:port", "zz@h:1", "[::1:7400", ":7400"] {
+        for bad in [
+            "nohost",
+            "::1:7400",
+            "h:port",
+            "zz@h:1",
+            "[::1:7400",
+            ":7400",
+        ] {
             assert!(PeerSpec::parse(bad).is_err(), "{bad}");
         }
     }
@@ -237,7 +286,10 @@ mod tests {
     #[test]
     fn broken_configs_are_refused_clearly() {
         assert!(toml::from_str::<ConfigFile>("listen = 5").is_err());
-        assert!(toml::from_str::<ConfigFile>("lisen = \"x\"").is_err(), "unknown keys are errors");
+        assert!(
+            toml::from_str::<ConfigFile>("lisen = \"x\"").is_err(),
+            "unknown keys are errors"
+        );
         assert!(identity_from_hex("abc").is_err());
     }
 }

@@ -20,8 +20,11 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub peers: Vec<PeerSpec>,
     pub tun: String,
-    #[allow(dead_code)] // served by the admin API
     pub admin: SocketAddr,
+    /// Bearer token for the admin API.
+    pub admin_token: String,
+    /// Also serve the admin API on this unix socket.
+    pub admin_socket: Option<PathBuf>,
     #[allow(dead_code)]
     pub state_dir: PathBuf,
     pub node: router::NodeConfig,
@@ -31,7 +34,9 @@ pub struct Settings {
 const BATCH: usize = 64;
 
 pub async fn run(s: Settings) -> Result<()> {
-    let sock = UdpSocket::bind(s.listen).await.with_context(|| format!("binding UDP {}", s.listen))?;
+    let sock = UdpSocket::bind(s.listen)
+        .await
+        .with_context(|| format!("binding UDP {}", s.listen))?;
     let v6_socket = s.listen.is_ipv6();
     let addr = s.identity.address();
     let mtu = s.node.mtu;
@@ -40,10 +45,34 @@ pub async fn run(s: Settings) -> Result<()> {
         .ipv6(addr.ip(), 8u8)
         .mtu(mtu as u16)
         .build_async()
-        .with_context(|| format!("creating TUN {} (needs root or CAP_NET_ADMIN, and /dev/net/tun)", s.tun))?;
+        .with_context(|| {
+            format!(
+                "creating TUN {} (needs root or CAP_NET_ADMIN, and /dev/net/tun)",
+                s.tun
+            )
+        })?;
     tracing::info!(address = %addr, key = %s.identity.public_key(), listen = %s.listen, tun = %s.tun, mtu, "meshd running");
 
     let start = Instant::now();
+    let (admin_tx, mut admin_rx) = tokio::sync::mpsc::channel::<admin_api::Command>(64);
+    let admin_app = admin_api::server::app(admin_tx, s.admin_token);
+    let admin_listener = tokio::net::TcpListener::bind(s.admin)
+        .await
+        .with_context(|| format!("binding the admin API on {}", s.admin))?;
+    tokio::spawn(serve_logged(admin_listener, admin_app.clone()));
+    if let Some(path) = &s.admin_socket {
+        let _ = std::fs::remove_file(path);
+        let l = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("binding admin socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        tokio::spawn(serve_logged(l, admin_app));
+    }
+    let mut executor = admin_api::Executor::new(admin_api::DaemonInfo {
+        listen: vec![sock.local_addr()?],
+        tun: s.tun.clone(),
+        started: start,
+    });
+    tracing::info!(admin = %s.admin, "admin API listening");
     let mut node = Node::new(s.identity, s.node, rand::random(), start);
     let mut unresolved: Vec<PeerSpec> = Vec::new();
     for p in s.peers {
@@ -97,19 +126,36 @@ pub async fn run(s: Settings) -> Result<()> {
                 }
                 unresolved = still;
             }
+            Some(cmd) = admin_rx.recv() => executor.execute(&mut node, Instant::now(), cmd),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
         node.handle_timeout(Instant::now());
-        flush(&mut node, &sock, &tun, v6_socket).await;
+        flush(&mut node, &sock, &tun, v6_socket, &mut executor).await;
     }
     tracing::info!("shutting down: telling peers");
     node.close_all(Instant::now());
-    flush(&mut node, &sock, &tun, v6_socket).await;
+    flush(&mut node, &sock, &tun, v6_socket, &mut executor).await;
     Ok(())
 }
 
-async fn flush(node: &mut Node, sock: &UdpSocket, tun: &tun_rs::AsyncDevice, v6_socket: bool) {
+async fn serve_logged<L>(listener: L, app: axum::Router)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("admin API stopped: {e}");
+    }
+}
+
+async fn flush(
+    node: &mut Node,
+    sock: &UdpSocket,
+    tun: &tun_rs::AsyncDevice,
+    v6_socket: bool,
+    executor: &mut admin_api::Executor,
+) {
     while let Some(t) = node.poll_transmit() {
         let dst = if v6_socket { v6_mapped(t.dst) } else { t.dst };
         if let Err(e) = sock.send_to(&t.payload, dst).await {
@@ -123,6 +169,7 @@ async fn flush(node: &mut Node, sock: &UdpSocket, tun: &tun_rs::AsyncDevice, v6_
     }
     while let Some(ev) = node.poll_event() {
         tracing::debug!(?ev, "event");
+        executor.on_event(&ev);
     }
 }
 

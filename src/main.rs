@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 mod config;
+mod ctl;
 mod daemon;
 
 use std::net::SocketAddr;
@@ -48,18 +49,32 @@ enum Cmd {
     Genconf,
     /// Print this node's address and public key.
     Address,
+    /// Talk to a running node's admin API.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() {
+    restore_sigpipe();
     if let Err(e) = real_main() {
         eprintln!("meshd: {e:#}");
         std::process::exit(1);
     }
 }
 
+/// Rust ignores SIGPIPE, so `meshd address | head -1` would panic on a closed pipe; restore
+/// the default so a CLI command piped into `head` just ends, as Unix tools do. The daemon never
+/// writes to a pipe that matters (logs go to stderr).
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn real_main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.cmd {
+    let mut cli = Cli::parse();
+    match cli.cmd.take() {
         Some(Cmd::Genconf) => {
             print!("{}", config::generate_config());
             Ok(())
@@ -71,13 +86,36 @@ fn real_main() -> Result<()> {
             println!("{}", id.public_key());
             Ok(())
         }
+        Some(Cmd::Ctl(args)) => {
+            let (file, state_dir) = load_config(&cli)?;
+            let admin = match &file.admin {
+                Some(a) => a.parse().with_context(|| format!("config admin {a:?}"))?,
+                None => config::DEFAULT_ADMIN.parse().expect("default parses"),
+            };
+            let token = match &file.admin_token {
+                Some(t) => t.clone(),
+                None => {
+                    let p = state_dir.join("admin.token");
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading the admin token {} (use --state-dir or --config as the node does)", p.display()))?
+                        .trim()
+                        .to_string()
+                }
+            };
+            ctl::run(args, admin, token)
+        }
         None => {
             tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| "info".into()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
                 .with_writer(std::io::stderr)
                 .init();
             let settings = settings(cli)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(daemon::run(settings))
         }
     }
@@ -88,7 +126,11 @@ fn load_config(cli: &Cli) -> Result<(ConfigFile, PathBuf)> {
         Some(p) => ConfigFile::load(p)?,
         None => ConfigFile::default(),
     };
-    let state_dir = cli.state_dir.clone().or_else(|| file.state_dir.clone()).unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR));
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .or_else(|| file.state_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_STATE_DIR));
     Ok((file, state_dir))
 }
 
@@ -125,11 +167,20 @@ fn settings(cli: Cli) -> Result<daemon::Settings> {
         allowed_keys: file.allowed()?,
         ..Default::default()
     };
+    let admin_token = match &file.admin_token {
+        Some(t) => t.clone(),
+        None => config::load_or_create_admin_token(&state_dir)?,
+    };
     Ok(daemon::Settings {
         identity,
+        admin_token,
+        admin_socket: file.admin_socket.clone(),
         listen,
         peers,
-        tun: cli.tun.or(file.tun.clone()).unwrap_or_else(|| config::DEFAULT_TUN.to_string()),
+        tun: cli
+            .tun
+            .or(file.tun.clone())
+            .unwrap_or_else(|| config::DEFAULT_TUN.to_string()),
         admin,
         state_dir,
         node,

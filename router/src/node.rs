@@ -477,7 +477,7 @@ impl Node {
             .dials
             .iter()
             .filter(|(_, d)| {
-                d.next_attempt <= now && d.linked.is_none_or(|k| self.link_by_key.get(&k).is_none())
+                d.next_attempt <= now && d.linked.is_none_or(|k| !self.link_by_key.contains_key(&k))
             })
             .map(|(&id, _)| id)
             .collect();

@@ -306,7 +306,10 @@ impl Node {
                         self.on_nodes(now, target, q, nodes)
                     }
                     (Purpose::Admin(id) | Purpose::Trace(id), _) => {
-                        self.events.push_back(Event::Ping { id, result: Some((rtt, q.path, expected)) })
+                        self.events.push_back(Event::Ping {
+                            id,
+                            result: Some((rtt, q.path, expected)),
+                        })
                     }
                     _ => {}
                 }
@@ -461,7 +464,9 @@ impl Node {
                     self.on_routes_changed(now, &touched);
                 }
                 Purpose::Verify => {}
-                Purpose::Admin(id) | Purpose::Trace(id) => self.events.push_back(Event::Ping { id, result: None }),
+                Purpose::Admin(id) | Purpose::Trace(id) => {
+                    self.events.push_back(Event::Ping { id, result: None })
+                }
             }
         }
         // Lookups past their deadline, and those whose queries failed.

@@ -134,9 +134,9 @@ impl Node {
     }
 
     fn send_to_address(&mut self, now: Instant, addr: Address, packet: &[u8]) {
-        if !self.sessions.contains_key(&addr) {
-            self.sessions.insert(addr, Session::new(addr, now));
-        }
+        self.sessions
+            .entry(addr)
+            .or_insert_with(|| Session::new(addr, now));
         if self.try_send_session(now, addr, packet) {
             return;
         }
