@@ -1,0 +1,302 @@
+//! Issue "Across the mesh": real meshd processes in network namespaces wired into lines and a
+//! square, reaching nodes several hops away, failing over when a link dies silently, and
+//! carrying ordinary programs (ping, TCP, ssh) to distant fc00::/8 addresses.
+//!
+//! Needs root (namespaces, TUN). Every test cleans up after itself, also when it fails.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::{longest_gap, parse_ping_replies, run, unix_now, Mesh, NodeOpts};
+
+/// A line `0 - 1 - ... - (n-1)` in which each node dials only its left neighbour.
+fn line(tag: &str, n: usize) -> Mesh {
+    let mut m = Mesh::new(tag, n);
+    m.line();
+    m.start(0, NodeOpts::default());
+    for i in 1..n {
+        m.start(i, NodeOpts::peers(&[i - 1]));
+    }
+    m
+}
+
+#[test]
+fn six_node_line_ends_exchange_ping_and_tcp() {
+    let mut m = line("ln", 6);
+    let t = m.wait_ping(0, 5, Duration::from_secs(20));
+    eprintln!("node 0 reached node 5 (5 hops) after {t:?}");
+    let t = m.wait_ping(5, 0, Duration::from_secs(10));
+    eprintln!("node 5 reached node 0 after {t:?}");
+    for (from, to) in [(0, 5), (5, 0)] {
+        let out = m
+            .cmd(from, "ping")
+            .args(["-6", "-n", "-c10", "-i0.05", "-W1", &m.addr(to)])
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(" 0% packet loss"),
+            "ping {from}->{to} across 5 hops lost packets:\n{text}"
+        );
+    }
+    let len = 8 << 20;
+    let took = m.tcp_transfer(0, 5, len, Duration::from_secs(90));
+    eprintln!(
+        "8 MiB over 5 hops in {took:?} ({:.1} Mbit/s)",
+        len as f64 * 8.0 / took.as_secs_f64() / 1e6
+    );
+}
+
+/// Which neighbour of `from` (among `choices`) the flow leaves through: the veth whose
+/// transmit counter grows the most over `window` while a flow runs.
+fn busiest_neighbour(
+    m: &Mesh,
+    from: usize,
+    choices: &[usize],
+    window: Duration,
+) -> (usize, Vec<u64>) {
+    let tx = |j: usize| {
+        let (dev, _) = m.dev_to(from, j);
+        m.dev_counter(from, &dev, "tx_packets")
+    };
+    let before: Vec<u64> = choices.iter().map(|&j| tx(j)).collect();
+    sleep(window);
+    let deltas: Vec<u64> = choices
+        .iter()
+        .zip(&before)
+        .map(|(&j, b)| tx(j) - b)
+        .collect();
+    let best = (0..choices.len())
+        .max_by_key(|&k| deltas[k])
+        .expect("choices");
+    (choices[best], deltas)
+}
+
+/// Runs `ping -D -i 0.05` from `from` to `to`; after a second, finds the neighbour of
+/// `from` the flow uses, calls `cut(m, via)` (which cuts something and returns a label), keeps
+/// pinging for 4 s, and returns the longest time without a reply from just before the cut
+/// to the end, and the neighbour the flow used.
+fn outage_when(
+    m: &Mesh,
+    from: usize,
+    to: usize,
+    neighbours: &[usize],
+    phase: &str,
+    cut: impl FnOnce(&Mesh, usize) -> String,
+) -> (f64, usize) {
+    let mut ping = m.spawn(
+        from,
+        &format!("ping-{phase}"),
+        "ping",
+        &["-6", "-n", "-D", "-i0.05", "-W1", &m.addr(to)],
+    );
+    let (via, deltas) = busiest_neighbour(m, from, neighbours, Duration::from_millis(1000));
+    assert!(
+        deltas.iter().max().copied().unwrap_or(0) >= 10,
+        "{phase}: the 20/s ping flow from node {from} left through no link (tx deltas {deltas:?} towards {neighbours:?})"
+    );
+    let what = cut(m, via);
+    let t_cut = unix_now();
+    sleep(Duration::from_secs(4));
+    let t_end = unix_now();
+    ping.signal("INT");
+    ping.wait_timeout(Duration::from_secs(3));
+    let replies = parse_ping_replies(&ping.log_text());
+    let (gap, gap_start) = longest_gap(&replies, t_cut - 0.25, t_end);
+    let after = replies.iter().filter(|r| r.0 > t_cut + 2.0).count();
+    eprintln!(
+        "{phase}: flow {from}->{to} left via node {via} (tx deltas {deltas:?} towards {neighbours:?}); cut {what}; \
+         longest gap {:.0} ms starting {:.3} s after the cut; {after} replies in the last 2 s; {} replies in all",
+        gap * 1000.0,
+        gap_start - t_cut,
+        replies.len()
+    );
+    // (A flow that never comes back shows as a gap running to the end of the window.)
+    (gap, via)
+}
+
+/// Waits until the healed link `a`-`b` carries packets again both ways (keepalives,
+/// handshakes), then a little longer for the nodes to trust it.
+fn wait_link_traffic(m: &Mesh, a: usize, b: usize, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let (dev, _) = m.dev_to(a, b);
+    let rx0 = m.dev_counter(a, &dev, "rx_packets");
+    let tx0 = m.dev_counter(a, &dev, "tx_packets");
+    loop {
+        let rx = m.dev_counter(a, &dev, "rx_packets") - rx0;
+        let tx = m.dev_counter(a, &dev, "tx_packets") - tx0;
+        if rx >= 3 && tx >= 3 {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "healed link {a}-{b} carried nothing within {timeout:?} (rx {rx}, tx {tx})"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn square_fails_over_a_silently_cut_link_within_a_second() {
+    // A=0, B=1, C=2, D=3 in a ring A-B-C-D-A; A and C are not peers. Each dials the next.
+    let mut m = Mesh::new("sq", 4);
+    for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
+        m.link(a, b);
+    }
+    for (i, next) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
+        m.start(i, NodeOpts::peers(&[next]));
+    }
+    m.wait_ping(0, 2, Duration::from_secs(20));
+    m.wait_ping(2, 0, Duration::from_secs(10));
+    // Let every link and path settle before measuring.
+    let _ = m
+        .cmd(0, "ping")
+        .args(["-6", "-n", "-c20", "-i0.05", "-W1", &m.addr(2)])
+        .output();
+
+    // 1: cut the first hop of the path in use (next to the sender).
+    let (gap1, via1) = outage_when(&m, 0, 2, &[1, 3], "phase 1", |m, via| {
+        m.cut(0, via);
+        format!("link 0-{via}")
+    });
+
+    // Heal, wait until that link lives again, then cut the far hop of the path now in use.
+    m.heal(0, via1);
+    let back = wait_link_traffic(&m, 0, via1, Duration::from_secs(15));
+    eprintln!("healed link 0-{via1} carried traffic again after {back:?}");
+    sleep(Duration::from_secs(2));
+    let (gap2, via2) = outage_when(&m, 0, 2, &[1, 3], "phase 2", |m, via| {
+        m.cut(via, 2);
+        format!("link {via}-2")
+    });
+    eprintln!(
+        "longest outage: {:.0} ms (phase 1, via {via1}), {:.0} ms (phase 2, via {via2})",
+        gap1 * 1000.0,
+        gap2 * 1000.0
+    );
+    assert!(
+        gap1 < 1.0,
+        "phase 1: the flow stopped for {:.0} ms after link 0-{via1} was cut (limit 1000 ms)",
+        gap1 * 1000.0
+    );
+    assert!(
+        gap2 < 1.0,
+        "phase 2: the flow stopped for {:.0} ms after link {via2}-2 was cut (limit 1000 ms)",
+        gap2 * 1000.0
+    );
+}
+
+#[test]
+fn ssh_runs_a_command_two_hops_away() {
+    let mut m = line("ssh", 3);
+    m.wait_ping(0, 2, Duration::from_secs(20));
+    let dir = m.dir.clone();
+    let host_key = dir.join("ssh_host_ed25519_key");
+    let client_key = dir.join("client_key");
+    for k in [&host_key, &client_key] {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "meshd-test", "-f"])
+            .arg(k));
+    }
+    let authorized = dir.join("authorized_keys");
+    fs::copy(client_key.with_extension("pub"), &authorized).expect("authorized_keys");
+    fs::create_dir_all("/run/sshd").expect("/run/sshd (sshd's privilege separation directory)");
+    let addr = m.addr(2);
+    let _sshd = m.spawn(
+        2,
+        "sshd",
+        "/usr/sbin/sshd",
+        &[
+            "-D",
+            "-e",
+            "-f",
+            "/dev/null",
+            "-o",
+            &format!("HostKey={}", host_key.display()),
+            "-o",
+            &format!("ListenAddress=[{addr}]:22"),
+            "-o",
+            "PermitRootLogin=yes",
+            "-o",
+            &format!("AuthorizedKeysFile={}", authorized.display()),
+            "-o",
+            "UsePAM=no",
+            "-o",
+            "StrictModes=no",
+            "-o",
+            "PidFile=none",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = m
+            .cmd(0, "ssh")
+            .args(["-F", "/dev/null", "-i"])
+            .arg(&client_key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                &format!("root@{addr}"),
+                "echo",
+                "hello",
+                "from",
+                "$(hostname)",
+            ])
+            .output()
+            .expect("ssh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            assert!(
+                stdout.starts_with("hello from "),
+                "ssh ran the command but printed {stdout:?}"
+            );
+            eprintln!("ssh root@{addr} (2 hops): {}", stdout.trim());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ssh from node 0 to root@{addr} (node 2, 2 hops) kept failing: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn killed_node_is_reached_again_after_restart() {
+    // The middle node dials both ends, so the killed end must be found again by its peer.
+    let mut m = Mesh::new("kil", 3);
+    m.line();
+    m.start(0, NodeOpts::default());
+    m.start(2, NodeOpts::default());
+    m.start(1, NodeOpts::peers(&[0, 2]));
+    m.wait_ping(0, 2, Duration::from_secs(20));
+    m.wait_ping(2, 0, Duration::from_secs(10));
+
+    m.kill(2);
+    assert!(!m.ping_once(0, &m.addr(2)), "node 2 answered while dead");
+    m.restart(2);
+    let t = m.wait_ping(0, 2, Duration::from_secs(15));
+    eprintln!("node 2 (SIGKILLed end) reached again from node 0 after {t:?}");
+    m.wait_ping(2, 0, Duration::from_secs(5));
+
+    // The middle node too: it dials both ends again from its saved identity.
+    m.kill(1);
+    m.restart(1);
+    let t = m.wait_ping(0, 2, Duration::from_secs(15));
+    eprintln!("ends reach each other again after restarting the SIGKILLed middle node: {t:?}");
+    m.wait_ping(2, 0, Duration::from_secs(5));
+}
