@@ -48,6 +48,14 @@ pub struct ConfigFile {
     /// If non-empty, only these keys may link to us.
     #[serde(default)]
     pub allowed_keys: Vec<String>,
+    /// Find and link to meshd nodes on the local network (default: on).
+    pub lan_discovery: Option<bool>,
+    /// Interfaces to beacon on (`*` wildcards); empty: all.
+    #[serde(default)]
+    pub lan_interfaces: Vec<String>,
+    /// Interfaces never to beacon on.
+    #[serde(default)]
+    pub lan_exclude: Vec<String>,
 }
 
 impl ConfigFile {
@@ -234,6 +242,13 @@ state_dir = "{state}"
 
 # If non-empty, only these public keys may link to this node.
 allowed_keys = []
+
+# Find meshd nodes on the local network by IPv6 link-local multicast beacons and link to
+# them without any peers entry. Beacons carry no secret: network_secret and allowed_keys
+# still decide who may link. Interface names may use * wildcards.
+lan_discovery = true
+lan_interfaces = []          # empty: every interface with multicast
+lan_exclude = ["docker*"]
 "#,
         addr = id.address(),
         key = id.public_key(),

@@ -1,61 +1,193 @@
-//! The I/O shell: one UDP socket, one TUN device, timers and signals around one sans-IO
-//! [`router::Node`].
+//! The I/O shell: one UDP socket, one TUN device, the admin server, timers and signals around
+//! one sans-IO [`router::Node`].
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crypto::Identity;
+use crypto::{Identity, PublicKey};
 use router::Node;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::PeerSpec;
+use crate::config::{ConfigFile, PeerSpec};
+use crate::lan::{Lan, LanConfig};
 
 /// Everything the daemon needs, after config and flags are merged.
 #[derive(Debug)]
 pub struct Settings {
     pub identity: Identity,
     pub listen: SocketAddr,
+    /// Peers from the config file and the command line.
     pub peers: Vec<PeerSpec>,
     pub tun: String,
+    /// An already-open TUN file descriptor (Android's VpnService); address and routes are
+    /// then the caller's business.
+    pub tun_fd: Option<i32>,
     pub admin: SocketAddr,
     /// Bearer token for the admin API.
     pub admin_token: String,
     /// Also serve the admin API on this unix socket.
     pub admin_socket: Option<PathBuf>,
-    #[allow(dead_code)]
     pub state_dir: PathBuf,
     pub node: router::NodeConfig,
+    pub lan: LanConfig,
+    /// For SIGHUP: the config file to re-read and the peers given on the command line.
+    pub config_path: Option<PathBuf>,
+    pub cli_peers: Vec<PeerSpec>,
 }
 
 /// Datagrams read per wake-up before other work gets a turn.
 const BATCH: usize = 64;
 
-pub async fn run(s: Settings) -> Result<()> {
-    let sock = UdpSocket::bind(s.listen)
-        .await
-        .with_context(|| format!("binding UDP {}", s.listen))?;
-    let v6_socket = s.listen.is_ipv6();
-    let addr = s.identity.address();
-    let mtu = s.node.mtu;
-    let tun = tun_rs::DeviceBuilder::new()
+fn open_tun(s: &Settings) -> Result<tun_rs::AsyncDevice> {
+    if let Some(fd) = s.tun_fd {
+        // SAFETY: the fd was handed to us (by Android's VpnService or a wrapper) as an open
+        // TUN device in IFF_NO_PI mode; we take ownership of it and nothing else uses it.
+        #[allow(unsafe_code)]
+        let dev = unsafe { tun_rs::AsyncDevice::from_fd(fd) }
+            .with_context(|| format!("using TUN fd {fd}"))?;
+        return Ok(dev);
+    }
+    tun_rs::DeviceBuilder::new()
         .name(&s.tun)
-        .ipv6(addr.ip(), 8u8)
-        .mtu(mtu as u16)
+        .ipv6(s.identity.address().ip(), 8u8)
+        .mtu(s.node.mtu as u16)
         .build_async()
         .with_context(|| {
             format!(
                 "creating TUN {} (needs root or CAP_NET_ADMIN, and /dev/net/tun)",
                 s.tun
             )
-        })?;
-    tracing::info!(address = %addr, key = %s.identity.public_key(), listen = %s.listen, tun = %s.tun, mtu, "meshd running");
+        })
+}
+
+/// Peers dialed because of the config, the command line, or the saved run-time list.
+struct Peers {
+    state_file: PathBuf,
+    /// Spec → resolved endpoint (None while unresolved).
+    wanted: Vec<(PeerSpec, Option<SocketAddr>)>,
+    /// Peers added at run time, as last saved.
+    saved: BTreeSet<String>,
+}
+
+fn spec_string(endpoint: SocketAddr, key: Option<PublicKey>) -> String {
+    match key {
+        Some(k) => format!("{k}@{endpoint}"),
+        None => endpoint.to_string(),
+    }
+}
+
+impl Peers {
+    fn load_saved(state_dir: &std::path::Path) -> (PathBuf, Vec<PeerSpec>) {
+        let path = state_dir.join("peers");
+        let specs = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| {
+                PeerSpec::parse(l)
+                    .map_err(|e| tracing::warn!("{}: {e:#}", path.display()))
+                    .ok()
+            })
+            .collect();
+        (path, specs)
+    }
+
+    /// Dials every wanted peer not yet dialed and drops dials no longer wanted.
+    async fn apply(&mut self, node: &mut Node, lan: &Lan, specs: Vec<PeerSpec>) {
+        let mut wanted = Vec::new();
+        for spec in specs {
+            let known = self
+                .wanted
+                .iter()
+                .find(|(s, e)| *s == spec && e.is_some())
+                .and_then(|(_, e)| *e);
+            let ep = match known {
+                Some(e) => Some(e),
+                None => match spec.resolve().await {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        tracing::warn!("peer {}:{}: {e:#}; will retry", spec.host, spec.port);
+                        None
+                    }
+                },
+            };
+            if let Some(e) = ep {
+                node.add_peer(Instant::now(), e, spec.key);
+            }
+            wanted.push((spec, ep));
+        }
+        let keep: BTreeSet<SocketAddr> = wanted
+            .iter()
+            .filter_map(|(_, e)| *e)
+            .chain(lan.endpoints())
+            .collect();
+        for (ep, _, _) in node.configured_peers() {
+            if !keep.contains(&ep) {
+                tracing::info!(endpoint = %ep, "peer no longer configured: removing");
+                node.remove_peer(Instant::now(), None, Some(ep));
+            }
+        }
+        self.wanted = wanted;
+    }
+
+    async fn retry_unresolved(&mut self, node: &mut Node) {
+        for (spec, ep) in self.wanted.iter_mut().filter(|(_, e)| e.is_none()) {
+            if let Ok(e) = spec.resolve().await {
+                *ep = Some(e);
+                node.add_peer(Instant::now(), e, spec.key);
+            }
+        }
+    }
+
+    /// Saves peers added at run time (through the admin API) to STATE_DIR/peers, so they
+    /// are dialed again after a restart.
+    fn save_runtime(&mut self, node: &Node, lan: &Lan) {
+        let known: BTreeSet<SocketAddr> = self
+            .wanted
+            .iter()
+            .filter_map(|(_, e)| *e)
+            .chain(lan.endpoints())
+            .collect();
+        let runtime: BTreeSet<String> = node
+            .configured_peers()
+            .into_iter()
+            .filter(|(e, _, _)| !known.contains(e))
+            .map(|(e, k, _)| spec_string(e, k))
+            .collect();
+        if runtime == self.saved {
+            return;
+        }
+        let mut text = String::from(
+            "# Peers added at run time through the admin API; meshd rewrites this file.\n",
+        );
+        for l in &runtime {
+            text.push_str(l);
+            text.push('\n');
+        }
+        match std::fs::write(&self.state_file, text) {
+            Ok(()) => self.saved = runtime,
+            Err(e) => tracing::warn!("saving {}: {e}", self.state_file.display()),
+        }
+    }
+}
+
+pub async fn run(s: Settings) -> Result<()> {
+    let sock = UdpSocket::bind(s.listen)
+        .await
+        .with_context(|| format!("binding UDP {}", s.listen))?;
+    let v6_socket = s.listen.is_ipv6();
+    let tun = open_tun(&s)?;
+    let addr = s.identity.address();
+    tracing::info!(address = %addr, key = %s.identity.public_key(), listen = %s.listen, tun = %s.tun, mtu = s.node.mtu, "meshd running");
 
     let start = Instant::now();
     let (admin_tx, mut admin_rx) = tokio::sync::mpsc::channel::<admin_api::Command>(64);
-    let admin_app = admin_api::server::app(admin_tx, s.admin_token);
+    let admin_app = admin_api::server::app(admin_tx, s.admin_token.clone());
     let admin_listener = tokio::net::TcpListener::bind(s.admin)
         .await
         .with_context(|| format!("binding the admin API on {}", s.admin))?;
@@ -73,23 +205,33 @@ pub async fn run(s: Settings) -> Result<()> {
         started: start,
     });
     tracing::info!(admin = %s.admin, "admin API listening");
-    let mut node = Node::new(s.identity, s.node, rand::random(), start);
-    let mut unresolved: Vec<PeerSpec> = Vec::new();
-    for p in s.peers {
-        match p.resolve().await {
-            Ok(a) => {
-                node.add_peer(Instant::now(), a, p.key);
-            }
-            Err(e) => {
-                tracing::warn!("peer {}:{}: {e:#}; will retry", p.host, p.port);
-                unresolved.push(p);
-            }
-        }
-    }
+
+    let key = s.identity.public_key();
+    let mut node = Node::new(s.identity.clone(), s.node.clone(), rand::random(), start);
+    let mut lan = Lan::new(
+        LanConfig {
+            enabled: s.lan.enabled && v6_socket,
+            ..s.lan.clone()
+        },
+        key,
+        s.listen.port(),
+    );
+    let (state_file, saved) = Peers::load_saved(&s.state_dir);
+    let mut peers = Peers {
+        state_file,
+        wanted: Vec::new(),
+        saved: BTreeSet::new(),
+    };
+    let mut initial = s.peers.clone();
+    initial.extend(saved);
+    peers.apply(&mut node, &lan, initial).await;
+    peers.save_runtime(&node, &lan);
+    lan.scan(&sock, &s.tun);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut resolve_retry = tokio::time::interval(Duration::from_secs(5));
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut slow_timer = tokio::time::interval(Duration::from_secs(2));
     let mut udp_buf = vec![0u8; 65536];
     let mut tun_buf = vec![0u8; 65536];
 
@@ -98,14 +240,23 @@ pub async fn run(s: Settings) -> Result<()> {
         tokio::select! {
             r = sock.recv_from(&mut udp_buf) => {
                 let now = Instant::now();
-                match r {
-                    Ok((n, from)) => node.handle_datagram(now, canonical(from), &udp_buf[..n]),
-                    Err(e) => tracing::debug!("udp recv: {e}"),
-                }
-                for _ in 1..BATCH {
-                    match sock.try_recv_from(&mut udp_buf) {
-                        Ok((n, from)) => node.handle_datagram(now, canonical(from), &udp_buf[..n]),
-                        Err(_) => break,
+                let mut next = r.map_err(|e| tracing::debug!("udp recv: {e}")).ok();
+                let mut n_read = 0;
+                while let Some((n, from)) = next.take() {
+                    let from = canonical(from);
+                    let data = &udp_buf[..n];
+                    if Lan::is_beacon(data) {
+                        let linked = |k: &PublicKey| node.peers(now).iter().any(|p| p.key == *k && p.up);
+                        if let Some(k) = lan.on_datagram(data, from, now, linked) {
+                            tracing::info!(peer = %k.address(), endpoint = %from, "LAN beacon: dialing");
+                            node.add_peer(now, from, Some(k));
+                        }
+                    } else {
+                        node.handle_datagram(now, from, data);
+                    }
+                    n_read += 1;
+                    if n_read < BATCH {
+                        next = sock.try_recv_from(&mut udp_buf).ok();
                     }
                 }
             }
@@ -116,17 +267,21 @@ pub async fn run(s: Settings) -> Result<()> {
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = resolve_retry.tick(), if !unresolved.is_empty() => {
-                let mut still = Vec::new();
-                for p in unresolved.drain(..) {
-                    match p.resolve().await {
-                        Ok(a) => { node.add_peer(Instant::now(), a, p.key); }
-                        Err(_) => still.push(p),
-                    }
-                }
-                unresolved = still;
+            Some(cmd) = admin_rx.recv() => {
+                executor.execute(&mut node, Instant::now(), cmd);
+                peers.save_runtime(&node, &lan);
             }
-            Some(cmd) = admin_rx.recv() => executor.execute(&mut node, Instant::now(), cmd),
+            _ = slow_timer.tick() => {
+                peers.retry_unresolved(&mut node).await;
+                lan.scan(&sock, &s.tun);
+                lan.beacon(&sock).await;
+                let now = Instant::now();
+                let linked = |k: &PublicKey| node.peers(now).iter().any(|p| p.key == *k && p.up);
+                for ep in lan.expired(now, linked) {
+                    node.remove_peer(now, None, Some(ep));
+                }
+            }
+            _ = sighup.recv() => reload(&s, &mut node, &mut peers, &lan).await,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -136,7 +291,50 @@ pub async fn run(s: Settings) -> Result<()> {
     tracing::info!("shutting down: telling peers");
     node.close_all(Instant::now());
     flush(&mut node, &sock, &tun, v6_socket, &mut executor).await;
+    if let Some(path) = &s.admin_socket {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
+}
+
+/// SIGHUP: re-read the config's peers and allow-list. Links still wanted stay up.
+async fn reload(s: &Settings, node: &mut Node, peers: &mut Peers, lan: &Lan) {
+    let file = match &s.config_path {
+        Some(p) => match ConfigFile::load(p) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("SIGHUP: config not reloaded, keeping the running one: {e:#}");
+                return;
+            }
+        },
+        None => ConfigFile::default(),
+    };
+    let mut specs = Vec::new();
+    for p in &file.peers {
+        match PeerSpec::parse(p) {
+            Ok(spec) => specs.push(spec),
+            Err(e) => {
+                tracing::error!("SIGHUP: config not reloaded: {e:#}");
+                return;
+            }
+        }
+    }
+    let allowed = match file.allowed() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("SIGHUP: config not reloaded: {e:#}");
+            return;
+        }
+    };
+    specs.extend(s.cli_peers.iter().cloned());
+    specs.extend(Peers::load_saved(&s.state_dir).1);
+    tracing::info!(
+        peers = specs.len(),
+        allow_list = allowed.as_ref().map_or(0, |a| a.len()),
+        "SIGHUP: reloading peers and allow-list"
+    );
+    node.set_allowed_keys(Instant::now(), allowed);
+    peers.apply(node, lan, specs).await;
 }
 
 async fn serve_logged<L>(listener: L, app: axum::Router)
@@ -175,7 +373,12 @@ async fn flush(
 
 /// IPv4-mapped IPv6 source addresses as plain IPv4, so they match configured peers.
 fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
+    match a {
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+            SocketAddr::new(a.ip().to_canonical(), a.port())
+        }
+        other => other,
+    }
 }
 
 /// IPv4 destinations as IPv4-mapped IPv6, for a dual-stack IPv6 socket.

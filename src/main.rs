@@ -4,6 +4,7 @@
 mod config;
 mod ctl;
 mod daemon;
+mod lan;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ struct Cli {
     /// TUN device name [default: meshd0].
     #[arg(long)]
     tun: Option<String>,
+    /// Use this already-open TUN file descriptor (e.g. from Android's VpnService) instead of
+    /// creating a device; its address and routes are then the caller's business.
+    #[arg(long, value_name = "N")]
+    tun_fd: Option<i32>,
     /// Admin API address [default: 127.0.0.1:7401].
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -158,9 +163,14 @@ fn settings(cli: Cli) -> Result<daemon::Settings> {
         bail!("refusing to serve the admin API on non-loopback {admin}: set admin_allow_remote = true in the config to allow it");
     }
     let mut peers = Vec::new();
-    for p in file.peers.iter().chain(cli.peers.iter()) {
+    for p in &file.peers {
         peers.push(PeerSpec::parse(p)?);
     }
+    let mut cli_peers = Vec::new();
+    for p in &cli.peers {
+        cli_peers.push(PeerSpec::parse(p)?);
+    }
+    peers.extend(cli_peers.iter().cloned());
     let secret = cli.network_secret.or(file.network_secret.clone());
     let node = router::NodeConfig {
         network_psk: secret.as_deref().map(crypto::network_psk),
@@ -181,6 +191,14 @@ fn settings(cli: Cli) -> Result<daemon::Settings> {
             .tun
             .or(file.tun.clone())
             .unwrap_or_else(|| config::DEFAULT_TUN.to_string()),
+        tun_fd: cli.tun_fd,
+        lan: lan::LanConfig {
+            enabled: file.lan_discovery.unwrap_or(true),
+            include: file.lan_interfaces.clone(),
+            exclude: file.lan_exclude.clone(),
+        },
+        config_path: cli.config.clone(),
+        cli_peers,
         admin,
         state_dir,
         node,
