@@ -195,6 +195,7 @@ impl Executor {
                         rx_packets: s.stats.rx_packets,
                         tx_packets: s.stats.tx_packets,
                         queued: s.queued as u32,
+                        direct: s.direct.map(|d| d.describe().to_string()),
                     })
                     .collect();
                 let _ = r.send(s);

@@ -108,6 +108,8 @@ pub struct Session {
     pub tx_packets: u64,
     /// Packets waiting for the session.
     pub queued: u32,
+    /// Direct link to the node: tried or not, and why there is none.
+    pub direct: Option<String>,
 }
 
 /// Body of `POST /v1/ping` and `POST /v1/traceroute`.

@@ -49,6 +49,18 @@ pub enum Control {
         /// Who asks.
         asker: PublicKey,
     },
+    /// "Let's link directly: here is where I can be reached" (NAT punching, re-finding a
+    /// peer after both moved). The receiver answers with its own record and both start
+    /// handshakes to each other's endpoints at once.
+    Rendezvous {
+        /// The asker's signed endpoints.
+        record: EndpointRecord,
+    },
+    /// Answer to [`Control::Rendezvous`].
+    RendezvousAck {
+        /// The responder's signed endpoints.
+        record: EndpointRecord,
+    },
     /// Answer to [`Control::Ping`].
     Pong {
         /// The asker's id.
@@ -58,6 +70,53 @@ pub enum Control {
         /// Signature over `txid`.
         sig: Signature,
     },
+}
+
+/// Where a node can be reached, signed by it: relays can't forge or alter it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// The node.
+    pub key: PublicKey,
+    /// Increases with each new record from the node.
+    pub seq: u64,
+    /// UDP endpoints (as the node's peers see it, and its own).
+    pub endpoints: Vec<std::net::SocketAddr>,
+    /// Signature over all of the above.
+    pub sig: Signature,
+}
+
+/// Most endpoints in a record.
+pub const MAX_ENDPOINTS: usize = 8;
+
+fn record_msg(key: &PublicKey, seq: u64, endpoints: &[std::net::SocketAddr]) -> Vec<u8> {
+    let mut m = b"meshd-endpoints".to_vec();
+    m.extend_from_slice(&key.0);
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(&postcard::to_allocvec(endpoints).expect("endpoints serialize"));
+    m
+}
+
+impl EndpointRecord {
+    /// A record for `id`.
+    pub fn new(id: &Identity, seq: u64, mut endpoints: Vec<std::net::SocketAddr>) -> Self {
+        endpoints.truncate(MAX_ENDPOINTS);
+        let sig = id.sign(&record_msg(&id.public_key(), seq, &endpoints));
+        EndpointRecord {
+            key: id.public_key(),
+            seq,
+            endpoints,
+            sig,
+        }
+    }
+    /// Whether the signature holds and the key is a mesh key.
+    pub fn verify(&self) -> bool {
+        self.endpoints.len() <= MAX_ENDPOINTS
+            && self.key.validate().is_ok()
+            && self
+                .key
+                .verify(&record_msg(&self.key, self.seq, &self.endpoints), &self.sig)
+                .is_ok()
+    }
 }
 
 fn nodes_msg(txid: u64, nodes: &[NodeRecord]) -> Vec<u8> {
@@ -182,6 +241,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn endpoint_records_are_tamper_proof() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let a = Identity::generate(&mut rng);
+        let r = EndpointRecord::new(&a, 7, vec!["198.51.100.1:7400".parse().unwrap()]);
+        assert!(r.verify());
+        let mut moved = r.clone();
+        moved.endpoints[0] = "203.0.113.9:7400".parse().unwrap();
+        assert!(!moved.verify());
+        let mut replayed = r.clone();
+        replayed.seq = 8;
+        assert!(!replayed.verify());
+        let m = Control::Rendezvous { record: r };
+        assert_eq!(Control::from_bytes(&m.to_bytes()), Some(m));
+    }
 
     #[test]
     fn signed_answers() {

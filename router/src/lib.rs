@@ -17,6 +17,7 @@ pub mod tunnel;
 pub mod wire;
 
 pub use node::{Event, LinkStats, Node, NodeConfig, PeerInfo, Transmit, DEFAULT_MTU, OVERHEAD};
+pub use routing::DirectState;
 pub use session::{SessionInfo, SessionStats};
 pub use switch::Label;
 
@@ -55,6 +56,8 @@ pub struct Counters {
     pub probes_lost: u64,
     /// Links that went down.
     pub links_down: u64,
+    /// Hole-punching rounds started (direct links through the mesh).
+    pub punches: u64,
     /// Dropped: unparseable packet or frame.
     pub drop_malformed: u64,
     /// Dropped: no handshake or session with that index.

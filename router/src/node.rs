@@ -207,6 +207,7 @@ pub struct Node {
     pub(crate) queries: HashMap<u64, Query>,
     pub(crate) hs_bucket: TokenBucket,
     pub(crate) error_bucket: TokenBucket,
+    pub(crate) punch_bucket: TokenBucket,
     transmits: VecDeque<Transmit>,
     pub(crate) tun_out: VecDeque<Vec<u8>>,
     pub(crate) events: VecDeque<Event>,
@@ -219,6 +220,9 @@ pub struct Node {
     pub(crate) scratch: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
     pub(crate) pending_pings: Vec<(Address, u64)>,
+    pub(crate) direct: HashMap<Address, crate::routing::Direct>,
+    pub(crate) local_endpoints: Vec<SocketAddr>,
+    pub(crate) record_seq: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -249,6 +253,7 @@ impl Node {
             queries: HashMap::new(),
             hs_bucket: TokenBucket::new(hs_rate, hs_rate),
             error_bucket: TokenBucket::new(200.0, 100.0),
+            punch_bucket: TokenBucket::new(5.0, 10.0),
             transmits: VecDeque::new(),
             tun_out: VecDeque::new(),
             events: VecDeque::new(),
@@ -261,6 +266,9 @@ impl Node {
             scratch: vec![0u8; 65536],
             pending_lookup_steps: Vec::new(),
             pending_pings: Vec::new(),
+            direct: HashMap::new(),
+            local_endpoints: Vec::new(),
+            record_seq: 0,
         }
     }
 
@@ -554,7 +562,18 @@ impl Node {
                     let key = l.key;
                     l.redial_at = now + l.backoff;
                     l.backoff = (l.backoff * 2).min(MAX_BACKOFF);
+                    let long_down = down_for > Duration::from_secs(2);
                     self.start_link_handshake(now, ep, Some(key), None);
+                    // Both ends may have moved: find the peer through the mesh and exchange
+                    // fresh endpoints with it (or look it up first).
+                    if long_down {
+                        let addr = key.address();
+                        if self.table.get(&addr).and_then(|e| e.best()).is_some() {
+                            self.maybe_rendezvous(now, addr);
+                        } else {
+                            self.start_lookup(now, addr, None);
+                        }
+                    }
                 }
             }
         }
@@ -562,7 +581,7 @@ impl Node {
 
     // ---------------------------------------------------------------- links
 
-    fn start_link_handshake(
+    pub(crate) fn start_link_handshake(
         &mut self,
         now: Instant,
         endpoint: SocketAddr,
@@ -870,6 +889,9 @@ impl Node {
         let key = l.key;
         tracing::info!(peer = %key.address(), director = d, endpoint = %l.endpoint, "link up");
         self.events.push_back(Event::LinkUp(key));
+        if let Some(d) = self.direct.get_mut(&key.address()) {
+            d.state = crate::routing::DirectState::Linked;
+        }
         self.table.upsert(
             key,
             Label::single(d).expect("director fits"),

@@ -12,7 +12,7 @@ use crypto::{Address, PublicKey};
 use rand::Rng;
 use switch::{FrameKind, Label};
 
-use crate::control::{Control, NodeRecord, MAX_RECORDS};
+use crate::control::{Control, EndpointRecord, NodeRecord, MAX_RECORDS};
 use crate::node::{Event, Node};
 
 /// Parallel queries per lookup.
@@ -277,6 +277,56 @@ impl Node {
                 self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
                 self.learn_of(now, asker, reverse);
             }
+            Control::Rendezvous { record } => {
+                if !record.verify() || record.key == self.id.public_key() || !reverse.is_valid() {
+                    self.counters.drop_forged += 1;
+                    return;
+                }
+                let addr = record.key.address();
+                // At most one answer per node every few seconds: no handshake floods by proxy.
+                if self
+                    .direct
+                    .get(&addr)
+                    .and_then(|d| d.answered)
+                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(2))
+                {
+                    return;
+                }
+                let mine = self.endpoint_record();
+                self.send_frame(
+                    now,
+                    reverse,
+                    FrameKind::Router,
+                    &Control::RendezvousAck { record: mine }.to_bytes(),
+                );
+                let d = self.direct.entry(addr).or_insert(Direct {
+                    since: now,
+                    state: DirectState::Trying,
+                    answered: None,
+                });
+                d.answered = Some(now);
+                if d.state != DirectState::Linked {
+                    *d = Direct {
+                        since: now,
+                        state: DirectState::Trying,
+                        answered: Some(now),
+                    };
+                }
+                self.punch(now, &record);
+            }
+            Control::RendezvousAck { record } => {
+                let addr = record.key.address();
+                if !record.verify()
+                    || !self
+                        .direct
+                        .get(&addr)
+                        .is_some_and(|d| d.state == DirectState::Trying)
+                {
+                    self.counters.drop_forged += 1;
+                    return;
+                }
+                self.punch(now, &record);
+            }
             Control::Ping { txid, .. } => {
                 if reverse.is_valid() {
                     let answer = Control::pong(&self.id, txid);
@@ -383,6 +433,116 @@ impl Node {
         l.cands.sort_by_key(|c| c.addr.distance(&target));
         l.cands.truncate(MAX_CANDIDATES);
         self.step_lookup(now, target);
+    }
+
+    /// Our signed endpoint record: where our peers see us, and our own listen addresses.
+    pub(crate) fn endpoint_record(&mut self) -> EndpointRecord {
+        let mut eps: Vec<std::net::SocketAddr> = self
+            .links
+            .iter()
+            .flatten()
+            .filter(|l| l.up)
+            .filter_map(|l| l.observed)
+            .collect();
+        eps.extend(self.local_endpoints.iter().copied());
+        eps.sort();
+        eps.dedup();
+        self.record_seq += 1;
+        EndpointRecord::new(&self.id, self.record_seq, eps)
+    }
+
+    /// Starts handshakes to every endpoint of `record` at once (with the peer doing the same
+    /// towards us, this opens NAT mappings on both sides).
+    fn punch(&mut self, now: Instant, record: &EndpointRecord) {
+        if self
+            .link_by_key
+            .get(&record.key)
+            .and_then(|&d| self.links[d as usize].as_ref())
+            .is_some_and(|l| l.up)
+        {
+            return;
+        }
+        // Bounded, so signed records from many made-up keys can't turn us into a UDP reflector.
+        if !self.punch_bucket.take(now) {
+            self.counters.drop_handshake_rate += 1;
+            return;
+        }
+        self.counters.punches += 1;
+        for ep in record.endpoints.iter().take(4) {
+            self.start_link_handshake(now, *ep, Some(record.key), None);
+        }
+    }
+
+    /// Asks `addr`, through the mesh, to open a direct link with us (rate-limited).
+    pub(crate) fn maybe_rendezvous(&mut self, now: Instant, addr: Address) {
+        let key = self
+            .table
+            .get(&addr)
+            .map(|e| e.key)
+            .or_else(|| self.sessions.get(&addr).and_then(|s| s.key));
+        let Some(key) = key else { return };
+        if self
+            .link_by_key
+            .get(&key)
+            .and_then(|&d| self.links[d as usize].as_ref())
+            .is_some_and(|l| l.up)
+        {
+            if let Some(d) = self.direct.get_mut(&addr) {
+                d.state = DirectState::Linked;
+            }
+            return;
+        }
+        if let Some(d) = self.direct.get_mut(&addr) {
+            let age = now.saturating_duration_since(d.since);
+            if d.state == DirectState::Trying && age > Duration::from_secs(5) {
+                d.state = DirectState::Failed;
+            }
+            if age < Duration::from_secs(30) {
+                return;
+            }
+        }
+        let record = self.endpoint_record();
+        if record.endpoints.is_empty() {
+            self.direct.insert(
+                addr,
+                Direct {
+                    since: now,
+                    state: DirectState::NoEndpoint,
+                    answered: None,
+                },
+            );
+            return;
+        }
+        let Some(route) = self.session_route(now, &addr) else {
+            return;
+        };
+        if self.send_frame(
+            now,
+            route,
+            FrameKind::Router,
+            &Control::Rendezvous { record }.to_bytes(),
+        ) {
+            let answered = self.direct.get(&addr).and_then(|d| d.answered);
+            self.direct.insert(
+                addr,
+                Direct {
+                    since: now,
+                    state: DirectState::Trying,
+                    answered,
+                },
+            );
+        }
+    }
+
+    /// Why there is or isn't a direct link to `addr`, if one was tried.
+    pub fn direct_status(&self, addr: &Address) -> Option<DirectState> {
+        self.direct.get(addr).map(|d| d.state)
+    }
+
+    /// Tells the node its own UDP endpoints (e.g. the listen address on a public host); they
+    /// go into its endpoint records next to what its peers observe.
+    pub fn set_local_endpoints(&mut self, eps: Vec<std::net::SocketAddr>) {
+        self.local_endpoints = eps;
     }
 
     /// Probes every known path to `addr` (for busy sessions).
@@ -548,6 +708,41 @@ impl Node {
     pub fn lookup(&mut self, now: Instant, addr: Address, id: u64) {
         self.start_lookup(now, addr, Some(id));
     }
+}
+
+/// State of an attempt to open a direct link to a node we talk to through the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectState {
+    /// Endpoint records exchanged, handshakes under way.
+    Trying,
+    /// A direct link is up.
+    Linked,
+    /// Punching got no answer in 5 s: a symmetric NAT or a filtering firewall on one side;
+    /// traffic keeps going through the mesh.
+    Failed,
+    /// We don't know our own external endpoint yet (no peer has told us).
+    NoEndpoint,
+}
+
+impl DirectState {
+    /// A sentence for the admin API.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            DirectState::Trying => "trying: endpoint records exchanged, hole punching under way",
+            DirectState::Linked => "direct link up",
+            DirectState::Failed => "no direct link: hole punching got no answer (symmetric NAT or filtering firewall on one side); traffic goes through the mesh",
+            DirectState::NoEndpoint => "no direct link: our external endpoint is not known yet",
+        }
+    }
+}
+
+/// A direct-link attempt.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Direct {
+    pub since: Instant,
+    pub state: DirectState,
+    /// When we last answered this node's rendezvous.
+    pub answered: Option<Instant>,
 }
 
 /// A random address sharing exactly `bucket` leading bits with `me`.

@@ -73,6 +73,8 @@ pub struct SessionInfo {
     pub stats: SessionStats,
     /// Packets waiting.
     pub queued: usize,
+    /// Whether a direct link to the node was tried, and how it went.
+    pub direct: Option<crate::routing::DirectState>,
 }
 
 impl Session {
@@ -107,6 +109,7 @@ impl Node {
                 path: s.current_path,
                 stats: s.stats,
                 queued: s.queue.len(),
+                direct: self.direct.get(&s.addr).map(|d| d.state),
             })
             .collect()
     }
@@ -154,15 +157,17 @@ impl Node {
     pub(crate) fn session_route(&self, now: Instant, addr: &Address) -> Option<Label> {
         let s = self.sessions.get(addr);
         let rx = s.and_then(|s| s.rx_path);
+        let best = self.table.get(addr).and_then(|e| e.best()).map(|p| p.label);
         if let Some((l, t)) = rx {
-            if now.saturating_duration_since(t) < RX_PATH_FRESH {
+            // A fresh reply path follows the sender's choice, unless we know a shorter one
+            // (a direct link just opened, say).
+            if now.saturating_duration_since(t) < RX_PATH_FRESH
+                && best.is_none_or(|b| b.hops() >= l.hops())
+            {
                 return Some(l);
             }
         }
-        if let Some(p) = self.table.get(addr).and_then(|e| e.best()) {
-            return Some(p.label);
-        }
-        rx.map(|(l, _)| l)
+        best.or(rx.map(|(l, _)| l))
     }
 
     /// Encrypts and sends `packet` if the session has keys and a route.
@@ -579,6 +584,10 @@ impl Node {
             if active && now.saturating_duration_since(s.last_probe) >= PROBE_EVERY {
                 self.sessions.get_mut(&addr).expect("session").last_probe = now;
                 self.probe_paths(now, addr);
+            }
+            // A busy destination that isn't a peer: try to open a direct link to it.
+            if active && has_keys {
+                self.maybe_rendezvous(now, addr);
             }
         }
     }

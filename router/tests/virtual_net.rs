@@ -366,3 +366,38 @@ fn garbage_never_breaks_a_link() {
             > 10000
     );
 }
+
+/// 0 and 2 are both linked to 1 and could reach each other directly (as two NATed nodes can
+/// once they punch): busy traffic between them opens a direct link, and 1 stops forwarding.
+#[test]
+fn busy_pairs_open_a_direct_link_through_the_mesh() {
+    let mut net = Net::new(3, 10, |_| NodeConfig::default());
+    net.connect(0, 1, false);
+    net.connect(2, 1, false);
+    net.links.insert(key(0, 2)); // reachable, but nobody configured it
+    net.run_for(Duration::from_secs(2));
+    for s in 0..100 {
+        net.ping(0, 2, s);
+        net.run_for(Duration::from_millis(50));
+    }
+    let k2 = net.nodes[2].identity().public_key();
+    assert!(
+        net.nodes[0]
+            .peers(net.now)
+            .iter()
+            .any(|p| p.key == k2 && p.up),
+        "direct link 0-2"
+    );
+    let forwarded = net.nodes[1].counters().forwarded;
+    for s in 100..140 {
+        net.ping(0, 2, s);
+        net.run_for(Duration::from_millis(50));
+    }
+    assert!((100..140).all(|s| net.received(2, s).is_some()));
+    // Only probes of the old path may still cross the middle node, not the traffic.
+    assert!(
+        net.nodes[1].counters().forwarded - forwarded < 20,
+        "middle still forwards {}",
+        net.nodes[1].counters().forwarded - forwarded
+    );
+}
