@@ -10,6 +10,9 @@ use crypto::Identity;
 use meshd_router::{Node, NodeConfig};
 use rand::{Rng, SeedableRng};
 
+/// A datagram in flight: arrival time, sequence, to, from, bytes.
+type InFlight = Reverse<(Instant, u64, usize, usize, Vec<u8>)>;
+
 struct Net {
     now: Instant,
     nodes: Vec<Node>,
@@ -20,7 +23,7 @@ struct Net {
     latency: Duration,
     loss: f64,
     rng: rand::rngs::StdRng,
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, usize, Vec<u8>)>>,
+    queue: BinaryHeap<InFlight>,
     seq: u64,
     /// Packets each node wrote to its TUN.
     delivered: Vec<Vec<(Instant, Vec<u8>)>>,
