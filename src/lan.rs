@@ -105,11 +105,11 @@ impl Lan {
                 continue;
             }
             seen.insert(index);
-            if !self.joined.contains_key(&index) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.joined.entry(index) {
                 match sock.join_multicast_v6(&GROUP, index) {
                     Ok(()) => {
                         tracing::info!(interface = %name, "LAN discovery on");
-                        self.joined.insert(index, name);
+                        slot.insert(name);
                     }
                     Err(e) => tracing::debug!(interface = %name, "can't join the LAN group: {e}"),
                 }
