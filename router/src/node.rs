@@ -37,6 +37,10 @@ pub(crate) mod link_kind {
     pub const PING: u8 = 1;
     pub const PONG: u8 = 2;
     pub const CLOSE: u8 = 3;
+    /// An IPv6 packet from the peer itself to us: traffic between direct peers is already
+    /// authenticated and encrypted by the link, so it skips the end-to-end session (one
+    /// cipher pass instead of two). Its source must be the peer's address.
+    pub const PEER_IP: u8 = 4;
 }
 
 /// Timing of links.
@@ -197,6 +201,7 @@ pub struct Node {
     next_dial_id: u64,
     pub(crate) links: Vec<Option<Link>>,
     pub(crate) link_by_key: HashMap<PublicKey, Director>,
+    pub(crate) link_by_addr: HashMap<Address, Director>,
     link_idx: HashMap<u32, Director>,
     link_hs: HandshakeTable<LinkHs>,
     pub(crate) sessions: HashMap<Address, Session>,
@@ -244,6 +249,7 @@ impl Node {
             next_dial_id: 1,
             links: Vec::new(),
             link_by_key: HashMap::new(),
+            link_by_addr: HashMap::new(),
             link_idx: HashMap::new(),
             link_hs: HandshakeTable::new(1024, Duration::from_secs(5)),
             sessions: HashMap::new(),
@@ -843,6 +849,7 @@ impl Node {
                     self.links[d] = Some(link);
                 }
                 self.link_by_key.insert(key, d as Director);
+                self.link_by_addr.insert(key.address(), d as Director);
                 d as Director
             }
         };
@@ -936,6 +943,7 @@ impl Node {
                 self.link_idx.remove(&i);
             }
             self.link_by_key.remove(&l.key);
+            self.link_by_addr.remove(&l.key.address());
         }
     }
 
@@ -1009,6 +1017,16 @@ impl Node {
                 }
                 if observed.is_some() {
                     l.observed = observed;
+                }
+            }
+            link_kind::PEER_IP => {
+                let me = self.id.address().ip();
+                let l = self.links[d as usize].as_ref().expect("link");
+                match crate::icmp::addresses(&plain[1..n]) {
+                    Some((src, dst)) if src == l.key.address().ip() && dst == me => {
+                        self.tun_out.push_back(plain[1..n].to_vec());
+                    }
+                    _ => self.counters.drop_spoofed += 1,
                 }
             }
             link_kind::CLOSE => {

@@ -133,7 +133,16 @@ impl Node {
             self.counters.drop_too_big += 1;
             return;
         }
-        self.send_to_address(now, Address::from(dst), packet);
+        let addr = Address::from(dst);
+        // A direct peer: the link's encryption is enough.
+        if let Some(&d) = self.link_by_addr.get(&addr) {
+            if self.links[d as usize].as_ref().is_some_and(|l| l.up)
+                && self.send_on_link(now, d, crate::node::link_kind::PEER_IP, packet)
+            {
+                return;
+            }
+        }
+        self.send_to_address(now, addr, packet);
     }
 
     fn send_to_address(&mut self, now: Instant, addr: Address, packet: &[u8]) {
