@@ -8,6 +8,8 @@
 #![deny(unsafe_code)]
 
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod icmp;
 mod node;
 mod routing;
