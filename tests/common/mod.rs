@@ -3,7 +3,8 @@
 //! talking over the fc00::/8 addresses.
 //!
 //! Everything a test makes is owned by one [`Mesh`] and removed when it drops, also when the
-//! test panics; on a panic the tail of every node's log is printed first. Names carry the
+//! test panics; on a panic the tail of every node's log is printed first, and the scratch
+//! directory (full logs) is kept. `MESHD_LOG=debug cargo test ...` makes the logs detailed. Names carry the
 //! process id and a per-process counter, so tests can run in parallel threads and processes.
 //! Every spawned process also gets `setpriv --pdeathsig KILL`, so nothing outlives a test
 //! process that is killed outright.
@@ -772,7 +773,14 @@ impl Drop for Mesh {
         for ns in &self.ns {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "(the failed test's files and full node logs are kept in {})",
+                self.dir.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
