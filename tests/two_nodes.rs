@@ -117,7 +117,15 @@ fn garbage_udp_leaves_the_node_alive_and_linked() {
             "300",
         ],
     );
-    std::thread::sleep(Duration::from_millis(300)); // let the capture socket open
+    let ready = Instant::now();
+    while !cap.log_text().contains("ready") {
+        assert!(
+            cap.is_running() && ready.elapsed() < Duration::from_secs(10),
+            "capture did not start: {}",
+            cap.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     m.start(0, NodeOpts::default());
     m.start(1, NodeOpts::peers(&[0]));
     m.wait_ping(1, 0, Duration::from_secs(10));
@@ -141,6 +149,19 @@ fn garbage_udp_leaves_the_node_alive_and_linked() {
     // The flood comes from node 1's namespace; replays carry node 1's own address and port.
     let count = 40_000;
     let rx_before = m.dev_counter(0, &l.a_dev, "rx_packets");
+    let get = |m: &Mesh, i: usize, k: &str| {
+        m.metrics(i)
+            .get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("node {i}: no metric {k}"))
+    };
+    const UDP_RX: &str = "meshd_udp_packets_total{direction=\"rx\"}";
+    const LINKS_MADE: &str = "meshd_handshakes_total{reason=\"link_completed\"}";
+    let (udp_rx0, links0, links1) = (
+        get(&m, 0, UDP_RX),
+        get(&m, 0, LINKS_MADE),
+        get(&m, 1, LINKS_MADE),
+    );
     let start = Instant::now();
     let mut flood = m.spawn(
         1,
@@ -188,6 +209,25 @@ fn garbage_udp_leaves_the_node_alive_and_linked() {
 
     assert!(m.is_running(0), "node 0 died under the flood");
     assert!(m.is_running(1), "node 1 died");
+    // The node itself read them (not only its veth), and its link was never lost and re-made:
+    // no handshake completed on either side during the flood.
+    let read = get(&m, 0, UDP_RX) - udp_rx0;
+    eprintln!("node 0 read {read} datagrams during the flood");
+    assert!(
+        read >= 20_000.0,
+        "node 0 read only {read} datagrams of the {count}-datagram flood"
+    );
+    assert_eq!(
+        get(&m, 0, LINKS_MADE),
+        links0,
+        "node 0 completed a link handshake during the flood: the link was lost or hijacked"
+    );
+    assert_eq!(
+        get(&m, 1, LINKS_MADE),
+        links1,
+        "node 1 completed a link handshake during the flood: the link was lost"
+    );
+    assert_eq!(get(&m, 0, "meshd_peers_up"), 1.0, "node 0 lost its peer");
     // Still linked: answers right away, both ways, with no time to re-handshake from scratch.
     for (from, to) in [(1, 0), (0, 1)] {
         let out = m

@@ -676,6 +676,51 @@ impl Mesh {
         took
     }
 
+    /// Node `i`'s Prometheus metrics (`/metrics` of its admin API, read with curl inside its
+    /// namespace): `name{labels}` -> value.
+    pub fn metrics(&self, i: usize) -> std::collections::HashMap<String, f64> {
+        let token = fs::read_to_string(self.state_dir(i).join("admin.token"))
+            .expect("admin.token in the state dir");
+        let out = self
+            .cmd(i, "curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("Authorization: Bearer {}", token.trim()),
+            ])
+            .arg("http://127.0.0.1:7401/metrics")
+            .output()
+            .expect("curl (needed to read /metrics)");
+        assert!(
+            out.status.success(),
+            "node {i}: GET /metrics failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut m = std::collections::HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                if let Ok(v) = v.parse::<f64>() {
+                    m.insert(k.to_string(), v);
+                }
+            }
+        }
+        assert!(!m.is_empty(), "node {i}: /metrics had no samples:\n{text}");
+        m
+    }
+
+    /// One metric of node `i`; panics (naming what exists) if it is not there.
+    pub fn metric(&self, i: usize, key: &str) -> f64 {
+        let m = self.metrics(i);
+        *m.get(key).unwrap_or_else(|| {
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            panic!("node {i} has no metric {key}; it has {keys:?}")
+        })
+    }
+
     /// Reads a counter of device `dev` in node `i`'s namespace (`rx_packets`, `tx_packets`...).
     pub fn dev_counter(&self, i: usize, dev: &str, counter: &str) -> u64 {
         let out = run(Command::new("ip").args([

@@ -29,6 +29,7 @@ def capture(iface, port, out, seconds, max_count):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
     s.bind((iface, 0))
     s.settimeout(0.2)
+    print("ready", flush=True)
     end = time.time() + seconds
     got = []
     while time.time() < end and len(got) < max_count:
@@ -46,7 +47,8 @@ def capture(iface, port, out, seconds, max_count):
     with open(out, "wb") as f:
         for g in got:
             f.write(struct.pack("!H", len(g)) + g)
-    print(f"captured {len(got)} datagrams")
+    kinds = sorted({g[0] for g in got if g})
+    print(f"captured {len(got)} datagrams (message types {kinds})")
 
 
 def load(path):
