@@ -99,10 +99,28 @@ fn outage_when(
         deltas.iter().max().copied().unwrap_or(0) >= 10,
         "{phase}: the 20/s ping flow from node {from} left through no link (tx deltas {deltas:?} towards {neighbours:?})"
     );
+    let watched = [
+        "meshd_path_switches_total",
+        "meshd_lookups_total{reason=\"started\"}",
+        "meshd_lookups_total{reason=\"found\"}",
+        "meshd_drops_total{reason=\"unreachable\"}",
+        "meshd_drops_total{reason=\"queue_full\"}",
+    ];
+    let before = m.metrics(from);
     let what = cut(m, via);
     let t_cut = unix_now();
     sleep(Duration::from_secs(4));
     let t_end = unix_now();
+    let after_m = m.metrics(from);
+    let deltas_m: Vec<String> = watched
+        .iter()
+        .map(|k| {
+            format!(
+                "{k} +{}",
+                after_m.get(*k).unwrap_or(&f64::NAN) - before.get(*k).unwrap_or(&f64::NAN)
+            )
+        })
+        .collect();
     ping.signal("INT");
     ping.wait_timeout(Duration::from_secs(3));
     let replies = parse_ping_replies(&ping.log_text());
@@ -114,6 +132,10 @@ fn outage_when(
         gap * 1000.0,
         gap_start - t_cut,
         replies.len()
+    );
+    eprintln!(
+        "{phase}: node {from} counters over the cut: {}",
+        deltas_m.join(", ")
     );
     // (A flow that never comes back shows as a gap running to the end of the window.)
     (gap, via)
