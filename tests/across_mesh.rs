@@ -300,11 +300,19 @@ fn ssh_runs_a_command_two_hops_away() {
 #[test]
 fn killed_node_is_reached_again_after_restart() {
     // The middle node dials both ends, so the killed end must be found again by its peer.
+    // It dials with the keys pinned (`KEY@HOST:PORT`, Noise IK).
     let mut m = Mesh::new("kil", 3);
     m.line();
     m.start(0, NodeOpts::default());
     m.start(2, NodeOpts::default());
-    m.start(1, NodeOpts::peers(&[0, 2]));
+    m.start(
+        1,
+        NodeOpts {
+            peers: vec![0, 2],
+            pin_keys: true,
+            ..Default::default()
+        },
+    );
     m.wait_ping(0, 2, Duration::from_secs(20));
     m.wait_ping(2, 0, Duration::from_secs(10));
 
