@@ -26,16 +26,7 @@ fn ping6_both_ways() {
     eprintln!("first reply 1->0 after {t01:?}, 0->1 after {t10:?}");
     // Not just one lucky packet: a burst of ten, every one answered.
     for (from, to) in [(0, 1), (1, 0)] {
-        let out = m
-            .cmd(from, "ping")
-            .args(["-6", "-n", "-c10", "-i0.05", "-W1", &m.addr(to)])
-            .output()
-            .expect("ping");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains(" 0% packet loss"),
-            "ping {from}->{to} lost packets:\n{text}"
-        );
+        m.ping_burst(from, to, 10, 0.05);
     }
 }
 
@@ -230,16 +221,7 @@ fn garbage_udp_leaves_the_node_alive_and_linked() {
     assert_eq!(get(&m, 0, "meshd_peers_up"), 1.0, "node 0 lost its peer");
     // Still linked: answers right away, both ways, with no time to re-handshake from scratch.
     for (from, to) in [(1, 0), (0, 1)] {
-        let out = m
-            .cmd(from, "ping")
-            .args(["-6", "-n", "-c5", "-i0.1", "-W1", &m.addr(to)])
-            .output()
-            .expect("ping");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains(" 0% packet loss"),
-            "after the flood, ping {from}->{to}:\n{text}"
-        );
+        m.ping_burst(from, to, 5, 0.1);
     }
     let log = std::fs::read_to_string(m.log_path(0)).unwrap_or_default();
     assert!(!log.contains("panicked"), "node 0 logged a panic:\n{log}");

@@ -4,10 +4,15 @@
 //!
 //! Everything a test makes is owned by one [`Mesh`] and removed when it drops, also when the
 //! test panics; on a panic the tail of every node's log is printed first, and the scratch
-//! directory (full logs) is kept. `MESHD_LOG=debug cargo test ...` makes the logs detailed. Names carry the
-//! process id and a per-process counter, so tests can run in parallel threads and processes.
+//! directory (full logs) is kept. `MESHD_LOG=debug cargo test ...` makes the logs detailed.
+//! Names carry the process id and a per-process counter, so tests can run in parallel threads
+//! and processes.
 //! Every spawned process also gets `setpriv --pdeathsig KILL`, so nothing outlives a test
 //! process that is killed outright.
+//!
+//! A note on ping: with `-c N -W 1`, iputils ping waits only two round trips for the replies
+//! to the last probes, so one late reply counts as lost; [`Mesh::ping_burst`] uses a deadline
+//! (`-w`) and checks that every probe was answered instead.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::fmt::Write as _;
@@ -590,12 +595,91 @@ impl Mesh {
                     );
                 }
             }
-            assert!(
-                start.elapsed() < timeout,
-                "node {from} got no ping6 reply from node {to} ({addr}) within {timeout:?}"
-            );
+            if start.elapsed() >= timeout {
+                panic!(
+                    "node {from} got no ping6 reply from node {to} ({addr}) within {timeout:?}\n{}{}",
+                    self.diagnose(from),
+                    self.diagnose(to)
+                );
+            }
             sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Sends `n` pings from `from` to `to`, one every `interval_s` seconds, and checks that
+    /// every one of them (icmp_seq 1..=n) was answered, waiting up to 5 s past the last for
+    /// late replies: late is fine, lost is not. Returns ping's output.
+    pub fn ping_burst(&self, from: usize, to: usize, n: u32, interval_s: f64) -> String {
+        let deadline = (f64::from(n) * interval_s).ceil() as u64 + 5;
+        let out = self
+            .cmd(from, "ping")
+            .args([
+                "-6",
+                "-n",
+                &format!("-c{n}"),
+                &format!("-i{interval_s}"),
+                &format!("-w{deadline}"),
+                &self.addr(to),
+            ])
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let answered: std::collections::HashSet<u64> = text
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("icmp_seq="))
+                    .and_then(|v| v.parse().ok())
+            })
+            .collect();
+        let missing: Vec<u64> = (1..=u64::from(n))
+            .filter(|q| !answered.contains(q))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "ping burst node {from} -> node {to}: probes {missing:?} of 1..={n} were never answered (waited {deadline} s):\n{text}"
+        );
+        text
+    }
+
+    /// What node `i` says about itself through `meshd ctl` (peers, sessions, routes), for
+    /// failure messages; best effort.
+    pub fn diagnose(&self, i: usize) -> String {
+        let mut s = format!(
+            "----- node {i} ({}) as its admin API sees it -----\n",
+            self.addr(i)
+        );
+        for what in ["peers", "sessions", "routes"] {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns[i],
+                    MESHD,
+                    "ctl",
+                    "--admin",
+                    "127.0.0.1:7401",
+                    "--state-dir",
+                ])
+                .arg(self.state_dir(i))
+                .arg(what)
+                .output();
+            match out {
+                Ok(o) => {
+                    let _ = writeln!(
+                        s,
+                        "$ meshd ctl {what}\n{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "meshd ctl {what}: {e}");
+                }
+            }
+        }
+        s
     }
 
     /// Starts a helper program inside node `i`'s namespace, output into a log file; it is
@@ -719,6 +803,22 @@ impl Mesh {
             keys.sort();
             panic!("node {i} has no metric {key}; it has {keys:?}")
         })
+    }
+
+    /// Waits until node `i` has `n` links up (`meshd_peers_up`).
+    pub fn wait_peers_up(&self, i: usize, n: usize, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let up = self.metric(i, "meshd_peers_up");
+            if up == n as f64 {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "node {i} has {up} links up, not {n}, after {timeout:?}"
+            );
+            sleep(Duration::from_millis(50));
+        }
     }
 
     /// Reads a counter of device `dev` in node `i`'s namespace (`rx_packets`, `tx_packets`...).
