@@ -40,11 +40,19 @@ fn six_node_line_ends_exchange_ping_and_tcp() {
         .args(["-6", "-n", "-c1", "-W5", &m.addr(5)])
         .output()
         .expect("ping");
-    assert!(
-        first.status.success(),
-        "the first ping from node 0 to node 5 (no session yet) got no reply within 5 s:\n{}",
-        String::from_utf8_lossy(&first.stdout)
-    );
+    if !first.status.success() {
+        let metrics = m.metrics(0);
+        let mut lookups: Vec<_> = metrics
+            .iter()
+            .filter(|(k, _)| k.contains("lookups"))
+            .collect();
+        lookups.sort_by(|a, b| a.0.cmp(b.0));
+        panic!(
+            "the first ping from node 0 to node 5 (no session yet) got no reply within 5 s:\n{}\nnode 0: {lookups:?}\n{}",
+            String::from_utf8_lossy(&first.stdout),
+            m.diagnose(0)
+        );
+    }
     eprintln!(
         "first packet: {}",
         String::from_utf8_lossy(&first.stdout)
