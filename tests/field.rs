@@ -382,6 +382,44 @@ fn behind_symmetric_nats_traffic_stays_on_the_mesh_and_the_api_says_why() {
 
 // ---------------------------------------------------------------------------- roaming
 
+/// Runs a 50 ms ping flow from `from` to `to`; after 1.5 s, node `node` replaces its address
+/// `old` on `dev` by `new` (same subnet); returns the longest gap from the move on and the
+/// replies in the last 2 s of the 5 s after it.
+fn move_during_flow(
+    m: &Mesh,
+    (from, to): (usize, usize),
+    node: usize,
+    dev: &str,
+    old: &str,
+    new: &str,
+) -> (f64, usize) {
+    let flow = ping_flow(m, from, &m.addr(to), &format!("roam-flow-{node}"));
+    sleep(Duration::from_millis(1500));
+    let t_move = unix_now();
+    // (Deleting first: deleting a primary address also deletes the secondaries of its subnet.)
+    common::ip(&[
+        "-n",
+        m.ns(node),
+        "addr",
+        "del",
+        &format!("{old}/24"),
+        "dev",
+        dev,
+    ]);
+    addr_add(m, node, dev, &format!("{new}/24"));
+    sleep(Duration::from_secs(5));
+    let t_end = unix_now();
+    let replies = stop_flow(flow);
+    let (gap, at) = longest_gap(&replies, t_move - 0.25, t_end);
+    let after = replies.iter().filter(|r| r.0 > t_end - 2.0).count();
+    eprintln!(
+        "node {node} moved {old} -> {new} during a flow {from}->{to}: longest gap {:.0} ms starting {:.3} s after the move; {after} replies in the last 2 s",
+        gap * 1000.0,
+        at - t_move
+    );
+    (gap, after)
+}
+
 #[test]
 fn a_ping_flow_survives_a_node_changing_its_underlay_address() {
     let mut m = Mesh::new("rom", 3);
@@ -397,50 +435,146 @@ fn a_ping_flow_survives_a_node_changing_its_underlay_address() {
     ];
     m.wait_ping(0, 2, Duration::from_secs(20));
     m.wait_ping(2, 0, Duration::from_secs(5));
-    let flow = ping_flow(&m, 0, &m.addr(2), "roam-flow");
-    sleep(Duration::from_millis(1500));
-    // Node 2 (the one that dialed) moves to another address on its veth.
-    let new_ip = "10.77.2.3";
-    let t_move = unix_now();
-    // (Deleting first: deleting a primary address also deletes the secondaries of its subnet.)
-    common::ip(&[
-        "-n",
-        m.ns(2),
-        "addr",
-        "del",
-        &format!("{}/24", l12.b_ip),
-        "dev",
-        &l12.b_dev,
-    ]);
-    addr_add(&m, 2, &l12.b_dev, &format!("{new_ip}/24"));
-    sleep(Duration::from_secs(5));
-    let t_end = unix_now();
-    let replies = stop_flow(flow);
-    let (gap, at) = longest_gap(&replies, t_move - 0.25, t_end);
-    let after = replies.iter().filter(|r| r.0 > t_end - 2.0).count();
-    eprintln!(
-        "node 2 moved {} -> {new_ip}: longest gap {:.0} ms starting {:.3} s after the move; {after} replies in the last 2 s",
-        l12.b_ip,
-        gap * 1000.0,
-        at - t_move
-    );
+    // 1: node 2, which dialed node 1, moves.
+    let new2 = "10.77.2.3";
+    let (gap, after) = move_during_flow(&m, (0, 2), 2, &l12.b_dev, &l12.b_ip, new2);
     assert!(
         after >= 30,
-        "the flow did not come back after the move ({after} replies in the last 2 s)"
+        "the flow did not come back after node 2 moved ({after} replies in the last 2 s)"
     );
     assert!(
         gap <= 2.0,
-        "the flow paused {:.0} ms after the move (limit 2000 ms)",
+        "the flow paused {:.0} ms after node 2 moved (limit 2000 ms)",
         gap * 1000.0
     );
     let p = peer_entry(&m, 1, &m.key(2)).expect("node 1 knows node 2");
     assert_eq!(
         p["endpoint"],
-        ep(new_ip).as_str(),
+        ep(new2).as_str(),
         "node 1's link to node 2 should have moved: {p}"
     );
     assert_eq!(p["state"], "up", "{p}");
+    // 2: node 0, which node 1 dials at its configured address, moves: node 1's configured
+    // endpoint is stale now, the link must follow node 0 anyway.
+    let new0 = "10.77.1.5";
+    let (gap, after) = move_during_flow(&m, (0, 2), 0, &l01.a_dev, &l01.a_ip, new0);
+    assert!(
+        after >= 30,
+        "the flow did not come back after node 0 moved ({after} replies in the last 2 s)"
+    );
+    assert!(
+        gap <= 2.0,
+        "the flow paused {:.0} ms after node 0 moved (limit 2000 ms)",
+        gap * 1000.0
+    );
+    let p = peer_entry(&m, 1, &m.key(0)).expect("node 1 knows node 0");
+    assert_eq!(
+        p["endpoint"],
+        ep(new0).as_str(),
+        "node 1's link to node 0 should have moved: {p}"
+    );
+    assert_eq!(p["state"], "up", "{p}");
+
+    // 3: a paced TCP stream from node 0 to node 2 while node 2 moves again.
+    let rx = m.spawn(2, "tcp-rx", "python3", &["-c", TCP_STREAM, "rx", "9100"]);
+    sleep(Duration::from_millis(300));
+    let tx = m.spawn(
+        0,
+        "tcp-tx",
+        "python3",
+        &["-c", TCP_STREAM, "tx", &m.addr(2), "9100", "7"],
+    );
+    sleep(Duration::from_millis(2000));
+    let t_move = unix_now();
+    let new2b = "10.77.2.7";
+    common::ip(&[
+        "-n",
+        m.ns(2),
+        "addr",
+        "del",
+        &format!("{new2}/24"),
+        "dev",
+        &l12.b_dev,
+    ]);
+    addr_add(&m, 2, &l12.b_dev, &format!("{new2b}/24"));
+    let (mut tx, mut rx) = (tx, rx);
+    let tx_st = tx.wait_timeout(Duration::from_secs(20));
+    let rx_st = rx.wait_timeout(Duration::from_secs(5));
+    let report = rx.log_text();
+    eprintln!(
+        "TCP stream across node 2's move {new2} -> {new2b} at {t_move:.3}: sender {tx_st:?} {}; receiver {rx_st:?} {}",
+        tx.log_text().trim(),
+        report.trim()
+    );
+    assert!(
+        tx_st.is_some_and(|s| s.success()) && rx_st.is_some_and(|s| s.success()),
+        "the TCP stream did not survive node 2's move: sender {tx_st:?}: {}; receiver {rx_st:?}: {report}",
+        tx.log_text()
+    );
+    let field = |k: &str| -> f64 {
+        report
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.parse().ok())
+            .unwrap_or_else(|| panic!("receiver report lacks {k}: {report}"))
+    };
+    assert_eq!(field("intact="), 1.0, "TCP stream corrupted: {report}");
+    assert_eq!(
+        field("bytes="),
+        field("expected="),
+        "TCP stream incomplete: {report}"
+    );
+    assert!(
+        field("maxgap=") <= 2.0,
+        "the TCP stream paused {:.0} ms across the move (limit 2000 ms): {report}",
+        field("maxgap=") * 1000.0
+    );
 }
+
+/// A paced TCP stream: `tx ADDR PORT SECONDS` sends 16 KiB every 50 ms of a known pattern;
+/// `rx PORT` receives one connection and reports bytes, integrity and the longest pause.
+const TCP_STREAM: &str = r#"
+import socket, sys, time
+CHUNK, EVERY = 16384, 0.05
+def pattern(off, n):
+    return bytes((off + i) % 251 for i in range(n))
+if sys.argv[1] == "tx":
+    addr, port, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    s = socket.create_connection((addr, port), timeout=20)
+    n = int(secs / EVERY)
+    s.sendall(n.to_bytes(4, "big"))
+    off, t0 = 0, time.time()
+    for i in range(n):
+        s.sendall(pattern(off, CHUNK))
+        off += CHUNK
+        time.sleep(max(0.0, t0 + (i + 1) * EVERY - time.time()))
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    print("sent", off)
+else:
+    l = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("::", int(sys.argv[2])))
+    l.listen(1)
+    c, _ = l.accept()
+    head = b""
+    while len(head) < 4:
+        head += c.recv(4 - len(head))
+    expected = int.from_bytes(head, "big") * CHUNK
+    total, intact, last, maxgap = 0, 1, None, 0.0
+    while True:
+        d = c.recv(65536)
+        now = time.time()
+        if not d:
+            break
+        if last is not None:
+            maxgap = max(maxgap, now - last)
+        last = now
+        if d != pattern(total, len(d)):
+            intact = 0
+        total += len(d)
+    c.close()
+    print(f"bytes={total} expected={expected} intact={intact} maxgap={maxgap:.3f}")
+"#;
 
 #[test]
 fn two_peers_moving_at_once_meet_again_through_a_third() {
