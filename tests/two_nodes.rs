@@ -53,6 +53,19 @@ fn restarted_node_keeps_its_address_and_is_reached_again() {
     m.wait_ping(1, 0, Duration::from_secs(10));
     let before = (m.addr(0), m.key(0));
     let identity = std::fs::read_to_string(m.state_dir(0).join("identity")).expect("identity file");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(m.state_dir(0).join("identity"))
+            .expect("identity file")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the identity file is readable by others (mode {:o})",
+            mode & 0o777
+        );
+    }
 
     // Node 0 is the one that was dialed: node 1 must find it again on its own.
     m.stop(0);
@@ -268,5 +281,13 @@ fn wrong_network_secret_never_links() {
     assert!(m.is_running(0) && m.is_running(1), "a node died");
     // The right pair still works after all those failed handshakes.
     m.wait_ping(2, 0, Duration::from_secs(3));
-    eprintln!("{tries} pings across the secret boundary all failed");
+    // Node 1 did knock, and node 0 refused it for the secret (not for want of trying).
+    let refused = m.metric(0, "meshd_drops_total{reason=\"handshake_failed\"}");
+    assert!(
+        refused > 0.0,
+        "node 0 saw no failed handshake: node 1 never even tried to link"
+    );
+    eprintln!(
+        "{tries} pings across the secret boundary all failed; node 0 refused {refused} handshakes"
+    );
 }
