@@ -2,7 +2,7 @@
 //! one sans-IO [`router::Node`].
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{ConfigFile, PeerSpec};
+use crate::io::{Tun, Udp};
 use crate::lan::{Lan, LanConfig};
 
 /// Everything the daemon needs, after config and flags are merged.
@@ -37,31 +38,44 @@ pub struct Settings {
     /// For SIGHUP: the config file to re-read and the peers given on the command line.
     pub config_path: Option<PathBuf>,
     pub cli_peers: Vec<PeerSpec>,
+    /// Use TUN offloads (TSO/GRO) and UDP GSO/GRO where available.
+    pub offload: bool,
 }
 
 /// Datagrams read per wake-up before other work gets a turn.
 const BATCH: usize = 64;
 
-fn open_tun(s: &Settings) -> Result<tun_rs::AsyncDevice> {
+/// Opens the TUN: the given fd, or a new device with offloads if asked and available.
+fn open_tun(s: &Settings) -> Result<Tun> {
     if let Some(fd) = s.tun_fd {
         // SAFETY: the fd was handed to us (by Android's VpnService or a wrapper) as an open
         // TUN device in IFF_NO_PI mode; we take ownership of it and nothing else uses it.
         #[allow(unsafe_code)]
         let dev = unsafe { tun_rs::AsyncDevice::from_fd(fd) }
             .with_context(|| format!("using TUN fd {fd}"))?;
-        return Ok(dev);
+        return Ok(Tun::new(dev, false));
     }
-    tun_rs::DeviceBuilder::new()
-        .name(&s.tun)
-        .ipv6(s.identity.address().ip(), 8u8)
-        .mtu(s.node.mtu as u16)
-        .build_async()
-        .with_context(|| {
-            format!(
-                "creating TUN {} (needs root or CAP_NET_ADMIN, and /dev/net/tun)",
-                s.tun
-            )
-        })
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(&s.tun)
+            .ipv6(s.identity.address().ip(), 8u8)
+            .mtu(s.node.mtu as u16)
+            .offload(offload)
+            .build_async()
+    };
+    if s.offload {
+        match build(true) {
+            Ok(dev) => return Ok(Tun::new(dev, true)),
+            Err(e) => tracing::warn!("TUN offloads unavailable ({e}); one packet per read"),
+        }
+    }
+    let dev = build(false).with_context(|| {
+        format!(
+            "creating TUN {} (needs root or CAP_NET_ADMIN, and /dev/net/tun)",
+            s.tun
+        )
+    })?;
+    Ok(Tun::new(dev, false))
 }
 
 /// Peers dialed because of the config, the command line, or the saved run-time list.
@@ -181,9 +195,10 @@ pub async fn run(s: Settings) -> Result<()> {
         .await
         .with_context(|| format!("binding UDP {}", s.listen))?;
     let v6_socket = s.listen.is_ipv6();
-    let tun = open_tun(&s)?;
+    let mut udp = Udp::new(sock).context("setting up the UDP socket")?;
+    let mut tun = open_tun(&s)?;
     let addr = s.identity.address();
-    tracing::info!(address = %addr, key = %s.identity.public_key(), listen = %s.listen, tun = %s.tun, mtu = s.node.mtu, "meshd running");
+    tracing::info!(address = %addr, key = %s.identity.public_key(), listen = %s.listen, tun = %s.tun, mtu = s.node.mtu, offload = tun.headroom() > 0, "meshd running");
 
     let start = Instant::now();
     let (admin_tx, mut admin_rx) = tokio::sync::mpsc::channel::<admin_api::Command>(64);
@@ -200,14 +215,18 @@ pub async fn run(s: Settings) -> Result<()> {
         tokio::spawn(serve_logged(l, admin_app));
     }
     let mut executor = admin_api::Executor::new(admin_api::DaemonInfo {
-        listen: vec![sock.local_addr()?],
+        listen: vec![udp.socket().local_addr()?],
         tun: s.tun.clone(),
         started: start,
     });
     tracing::info!(admin = %s.admin, "admin API listening");
 
     let key = s.identity.public_key();
-    let mut node = Node::new(s.identity.clone(), s.node.clone(), rand::random(), start);
+    let node_cfg = router::NodeConfig {
+        tun_headroom: tun.headroom(),
+        ..s.node.clone()
+    };
+    let mut node = Node::new(s.identity.clone(), node_cfg, rand::random(), start);
     let mut lan = Lan::new(
         LanConfig {
             enabled: s.lan.enabled && v6_socket,
@@ -226,43 +245,49 @@ pub async fn run(s: Settings) -> Result<()> {
     initial.extend(saved);
     peers.apply(&mut node, &lan, initial).await;
     peers.save_runtime(&node, &lan);
-    lan.scan(&sock, &s.tun);
+    lan.scan(udp.socket(), &s.tun);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut slow_timer = tokio::time::interval(Duration::from_secs(2));
-    let mut udp_buf = vec![0u8; 65536];
-    let mut tun_buf = vec![0u8; 65536];
+    let mut out = Outbox::default();
 
     loop {
         let deadline = tokio::time::Instant::from_std(node.poll_timeout());
         tokio::select! {
-            r = sock.recv_from(&mut udp_buf) => {
+            r = udp.readable() => {
+                if let Err(e) = r {
+                    tracing::debug!("udp: {e}");
+                }
                 let now = Instant::now();
-                let mut next = r.map_err(|e| tracing::debug!("udp recv: {e}")).ok();
-                let mut n_read = 0;
-                while let Some((n, from)) = next.take() {
-                    let from = canonical(from);
-                    let data = &udp_buf[..n];
-                    if Lan::is_beacon(data) {
-                        let linked = |k: &PublicKey| node.peers(now).iter().any(|p| p.key == *k && p.up);
-                        if let Some(k) = lan.on_datagram(data, from, now, linked) {
-                            tracing::info!(peer = %k.address(), endpoint = %from, "LAN beacon: dialing");
-                            node.add_peer(now, from, Some(k));
+                let mut total = 0;
+                loop {
+                    let n = udp.recv_ready(|from, data| {
+                        if Lan::is_beacon(data) {
+                            let linked = |k: &PublicKey| node.peers(now).iter().any(|p| p.key == *k && p.up);
+                            if let Some(k) = lan.on_datagram(data, from, now, linked) {
+                                tracing::info!(peer = %k.address(), endpoint = %from, "LAN beacon: dialing");
+                                node.add_peer(now, from, Some(k));
+                            }
+                        } else {
+                            node.handle_datagram(now, from, data);
                         }
-                    } else {
-                        node.handle_datagram(now, from, data);
-                    }
-                    n_read += 1;
-                    if n_read < BATCH {
-                        next = sock.try_recv_from(&mut udp_buf).ok();
+                    });
+                    total += n;
+                    if n == 0 || total >= BATCH {
+                        break;
                     }
                 }
             }
-            r = tun.recv(&mut tun_buf) => {
+            r = tun.recv() => {
                 match r {
-                    Ok(n) => node.handle_tun_packet(Instant::now(), &tun_buf[..n]),
+                    Ok(n) => {
+                        let now = Instant::now();
+                        for k in 0..n {
+                            node.handle_tun_packet(now, tun.packet(k));
+                        }
+                    }
                     Err(e) => tracing::debug!("tun recv: {e}"),
                 }
             }
@@ -273,8 +298,8 @@ pub async fn run(s: Settings) -> Result<()> {
             }
             _ = slow_timer.tick() => {
                 peers.retry_unresolved(&mut node).await;
-                lan.scan(&sock, &s.tun);
-                lan.beacon(&sock).await;
+                lan.scan(udp.socket(), &s.tun);
+                lan.beacon(udp.socket()).await;
                 let now = Instant::now();
                 let linked = |k: &PublicKey| node.peers(now).iter().any(|p| p.key == *k && p.up);
                 for ep in lan.expired(now, linked) {
@@ -286,15 +311,48 @@ pub async fn run(s: Settings) -> Result<()> {
             _ = sigint.recv() => break,
         }
         node.handle_timeout(Instant::now());
-        flush(&mut node, &sock, &tun, v6_socket, &mut executor).await;
+        out.flush(&mut node, &mut udp, &mut tun, &mut executor)
+            .await;
     }
     tracing::info!("shutting down: telling peers");
     node.close_all(Instant::now());
-    flush(&mut node, &sock, &tun, v6_socket, &mut executor).await;
+    out.flush(&mut node, &mut udp, &mut tun, &mut executor)
+        .await;
     if let Some(path) = &s.admin_socket {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// What the node produced, collected so each kind goes out in batches.
+#[derive(Default)]
+struct Outbox {
+    datagrams: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Outbox {
+    async fn flush(
+        &mut self,
+        node: &mut Node,
+        udp: &mut Udp,
+        tun: &mut Tun,
+        executor: &mut admin_api::Executor,
+    ) {
+        self.datagrams.clear();
+        while let Some(t) = node.poll_transmit() {
+            self.datagrams.push((t.dst, t.payload));
+        }
+        udp.send_all(&self.datagrams).await;
+        let mut packets = Vec::new();
+        while let Some(p) = node.poll_tun_packet() {
+            packets.push(p);
+        }
+        tun.send_all(packets).await;
+        while let Some(ev) = node.poll_event() {
+            tracing::debug!(?ev, "event");
+            executor.on_event(&ev);
+        }
+    }
 }
 
 /// SIGHUP: re-read the config's peers and allow-list. Links still wanted stay up.
@@ -344,47 +402,5 @@ where
 {
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("admin API stopped: {e}");
-    }
-}
-
-async fn flush(
-    node: &mut Node,
-    sock: &UdpSocket,
-    tun: &tun_rs::AsyncDevice,
-    v6_socket: bool,
-    executor: &mut admin_api::Executor,
-) {
-    while let Some(t) = node.poll_transmit() {
-        let dst = if v6_socket { v6_mapped(t.dst) } else { t.dst };
-        if let Err(e) = sock.send_to(&t.payload, dst).await {
-            tracing::debug!("udp send to {dst}: {e}");
-        }
-    }
-    while let Some(p) = node.poll_tun_packet() {
-        if let Err(e) = tun.send(&p).await {
-            tracing::debug!("tun send: {e}");
-        }
-    }
-    while let Some(ev) = node.poll_event() {
-        tracing::debug!(?ev, "event");
-        executor.on_event(&ev);
-    }
-}
-
-/// IPv4-mapped IPv6 source addresses as plain IPv4, so they match configured peers.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
-            SocketAddr::new(a.ip().to_canonical(), a.port())
-        }
-        other => other,
-    }
-}
-
-/// IPv4 destinations as IPv4-mapped IPv6, for a dual-stack IPv6 socket.
-fn v6_mapped(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
-        IpAddr::V6(_) => a,
     }
 }

@@ -4,6 +4,7 @@
 mod config;
 mod ctl;
 mod daemon;
+mod io;
 mod lan;
 
 use std::net::SocketAddr;
@@ -40,6 +41,9 @@ struct Cli {
     /// creating a device; its address and routes are then the caller's business.
     #[arg(long, value_name = "N")]
     tun_fd: Option<i32>,
+    /// Don't use TUN offloads or UDP GSO/GRO (one packet per system call).
+    #[arg(long, env = "MESHD_NO_OFFLOAD")]
+    no_offload: bool,
     /// Admin API address [default: 127.0.0.1:7401].
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -199,6 +203,7 @@ fn settings(cli: Cli) -> Result<daemon::Settings> {
         },
         config_path: cli.config.clone(),
         cli_peers,
+        offload: !cli.no_offload,
         admin,
         state_dir,
         node,

@@ -37,6 +37,7 @@ fn main() {
     let mut captured: Vec<Vec<u8>> = Vec::new();
     let mut queue: VecDeque<(usize, usize, Vec<u8>)> = VecDeque::new();
     let mut now = start;
+    #[allow(clippy::needless_range_loop)] // nodes are indexed by their endpoint number
     for step in 0..400 {
         now += Duration::from_millis(10);
         if step == 150 {
@@ -73,7 +74,7 @@ fn main() {
         write(&root.join("tunnel_msg"), &format!("real-{n:03}"), d);
     }
     let route = Label::from_directors(&[1, 9, 100]).unwrap();
-    let controls = vec![
+    let controls = [
         Control::FindNode {
             txid: 1,
             target: ids[2].address(),

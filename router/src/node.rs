@@ -66,6 +66,10 @@ pub struct NodeConfig {
     pub mtu: usize,
     /// Inbound handshakes accepted per second (all sources together).
     pub handshake_rate: f64,
+    /// Zero bytes in front of every packet from [`Node::poll_tun_packet`], for a header the
+    /// device needs (the daemon's offloading TUN writes a 10-byte virtio header there), so
+    /// the packet needn't be copied again.
+    pub tun_headroom: usize,
 }
 
 impl Default for NodeConfig {
@@ -75,6 +79,7 @@ impl Default for NodeConfig {
             allowed_keys: None,
             mtu: DEFAULT_MTU,
             handshake_rate: 200.0,
+            tun_headroom: 0,
         }
     }
 }
@@ -416,7 +421,15 @@ impl Node {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
-    /// Next packet for the TUN device.
+    /// A packet for the TUN, behind `tun_headroom` zero bytes.
+    pub(crate) fn tun_packet(&self, ip: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.cfg.tun_headroom + ip.len());
+        v.resize(self.cfg.tun_headroom, 0);
+        v.extend_from_slice(ip);
+        v
+    }
+
+    /// Next packet for the TUN device (behind [`NodeConfig::tun_headroom`] zero bytes).
     pub fn poll_tun_packet(&mut self) -> Option<Vec<u8>> {
         self.tun_out.pop_front()
     }
@@ -1024,7 +1037,8 @@ impl Node {
                 let l = self.links[d as usize].as_ref().expect("link");
                 match crate::icmp::addresses(&plain[1..n]) {
                     Some((src, dst)) if src == l.key.address().ip() && dst == me => {
-                        self.tun_out.push_back(plain[1..n].to_vec());
+                        let p = self.tun_packet(&plain[1..n]);
+                        self.tun_out.push_back(p);
                     }
                     _ => self.counters.drop_spoofed += 1,
                 }

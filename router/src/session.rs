@@ -128,7 +128,8 @@ impl Node {
         }
         if packet.len() > self.cfg.mtu {
             if let Some(e) = icmp::error(me, packet, IcmpError::TooBig(self.cfg.mtu as u32)) {
-                self.tun_out.push_back(e);
+                let p = self.tun_packet(&e);
+                self.tun_out.push_back(p);
             }
             self.counters.drop_too_big += 1;
             return;
@@ -427,8 +428,10 @@ impl Node {
             return;
         };
         let me = self.id.address().ip();
-        // Decrypt straight into the buffer that goes to the TUN: one allocation, no copy.
-        let mut plain = vec![0u8; ct.len().saturating_sub(TAG_LEN)];
+        // Decrypt straight into the buffer that goes to the TUN (behind its headroom): one
+        // allocation, no copy.
+        let head = self.cfg.tun_headroom;
+        let mut plain = vec![0u8; head + ct.len().saturating_sub(TAG_LEN)];
         let s = self
             .sessions
             .get_mut(&addr)
@@ -436,7 +439,7 @@ impl Node {
         let Some(keys) = s.keys.by_index(receiver) else {
             return;
         };
-        let n = match keys.transport.decrypt(counter, ct, &mut plain) {
+        let n = match keys.transport.decrypt(counter, ct, &mut plain[head..]) {
             Ok(n) => n,
             Err(crypto::noise::NoiseError::Replay) => {
                 self.counters.drop_replay += 1;
@@ -454,9 +457,9 @@ impl Node {
         if n == 0 {
             return; // keepalive
         }
-        plain.truncate(n);
+        plain.truncate(head + n);
         // Nobody can send as another node: the inner source must be the session's key.
-        match icmp::addresses(&plain) {
+        match icmp::addresses(&plain[head..]) {
             Some((src, dst)) if src == addr.ip() && dst == me => {
                 s.stats.rx_packets += 1;
                 s.stats.rx_bytes += n as u64;
@@ -524,17 +527,21 @@ impl Node {
         let Some(s) = self.sessions.get_mut(&addr) else {
             return;
         };
-        for p in s.queue.drain(..) {
-            if let Some(e) = icmp::error(me, &p, IcmpError::NoRoute) {
-                self.tun_out.push_back(e);
-            }
-            self.counters.drop_unreachable += 1;
-        }
+        let errors: Vec<Vec<u8>> = s
+            .queue
+            .drain(..)
+            .filter_map(|p| icmp::error(me, &p, IcmpError::NoRoute))
+            .collect();
         if s.keys.current.is_none() {
             self.sessions.remove(&addr);
         } else {
             s.hs_attempts = 0;
             s.hs_started = None;
+        }
+        self.counters.drop_unreachable += errors.len() as u64;
+        for e in errors {
+            let p = self.tun_packet(&e);
+            self.tun_out.push_back(p);
         }
     }
 

@@ -1,0 +1,259 @@
+//! The daemon's packet I/O, batched so one system call moves many packets:
+//!
+//! - UDP through quinn-udp: GRO on receive (the kernel hands over runs of datagrams from one
+//!   sender in one buffer) and GSO on send (runs of equal-size datagrams to one peer go out in
+//!   one `sendmsg` with `UDP_SEGMENT`).
+//! - The TUN with offloads (tun-rs, virtio headers): the kernel hands over TCP super-packets
+//!   of up to 64 KB that are split into MTU-sized packets here, and packets written back are
+//!   coalesced (GRO) before they enter the kernel, as wireguard-go does.
+//!
+//! Each falls back to one packet per call where the kernel or device doesn't offer it.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tun_rs::{AsyncDevice, GROTable};
+
+/// Bytes of the virtio header in front of every packet on an offloading TUN.
+pub const VNET_HDR: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+/// Receive buffers per UDP read (each can hold a GRO run of up to 64 KB).
+const UDP_BUFS: usize = 8;
+/// Segments per TUN read: a 64 KB super-packet in MTU-sized pieces.
+const TUN_SEGMENTS: usize = 64;
+
+/// The UDP side.
+pub struct Udp {
+    sock: UdpSocket,
+    state: UdpSocketState,
+    v6: bool,
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+    gso: Vec<u8>,
+}
+
+impl Udp {
+    /// Wraps a bound socket.
+    pub fn new(sock: UdpSocket) -> io::Result<Udp> {
+        let state = UdpSocketState::new((&sock).into())?;
+        let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
+        let _ = state.set_send_buffer_size((&sock).into(), 4 << 20);
+        let v6 = sock.local_addr()?.is_ipv6();
+        Ok(Udp {
+            sock,
+            state,
+            v6,
+            bufs: vec![vec![0u8; 65536]; UDP_BUFS],
+            meta: vec![RecvMeta::default(); UDP_BUFS],
+            gso: Vec::with_capacity(65536),
+        })
+    }
+
+    /// The socket (for multicast membership, beacons, local address).
+    pub fn socket(&self) -> &UdpSocket {
+        &self.sock
+    }
+
+    /// Waits until datagrams can be read.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.sock.readable().await
+    }
+
+    /// Reads what is ready without blocking and calls `f(from, datagram)` for each datagram;
+    /// returns how many (0 when nothing was ready).
+    pub fn recv_ready(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) -> usize {
+        let mut n = 0;
+        let Udp {
+            sock,
+            state,
+            bufs,
+            meta,
+            ..
+        } = self;
+        let mut iov: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let got = match sock.try_io(Interest::READABLE, || {
+            state.recv((&*sock).into(), &mut iov, meta)
+        }) {
+            Ok(k) => k,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    tracing::debug!("udp recv: {e}");
+                }
+                return 0;
+            }
+        };
+        for (m, buf) in meta.iter().zip(iov.iter()).take(got) {
+            let from = canonical(m.addr);
+            let stride = m.stride.max(1);
+            for seg in buf[..m.len].chunks(stride) {
+                f(from, seg);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sends datagrams, one `sendmsg` per run of equal-size datagrams to the same peer.
+    pub async fn send_all(&mut self, datagrams: &[(SocketAddr, Vec<u8>)]) {
+        let max_segments = self.state.max_gso_segments().max(1);
+        let mut i = 0;
+        while i < datagrams.len() {
+            let (dst, first) = (&datagrams[i].0, &datagrams[i].1);
+            let size = first.len();
+            let mut j = i + 1;
+            // A GSO run: same destination, same size; only the last may be shorter.
+            while j < datagrams.len()
+                && j - i < max_segments
+                && datagrams[j].0 == *dst
+                && datagrams[j].1.len() <= size
+                && (j - i + 1) * size <= 65000
+            {
+                let shorter = datagrams[j].1.len() < size;
+                j += 1;
+                if shorter {
+                    break;
+                }
+            }
+            let dst = if self.v6 { v6_mapped(*dst) } else { *dst };
+            if j - i == 1 {
+                self.send_one(dst, first, None).await;
+            } else {
+                let mut gso = std::mem::take(&mut self.gso);
+                gso.clear();
+                for d in &datagrams[i..j] {
+                    gso.extend_from_slice(&d.1);
+                }
+                self.send_one(dst, &gso, Some(size)).await;
+                self.gso = gso;
+            }
+            i = j;
+        }
+    }
+
+    async fn send_one(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) {
+        let t = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        loop {
+            match self.sock.try_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.sock).into(), &t)
+            }) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.sock.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("udp send to {destination}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The TUN side.
+pub struct Tun {
+    dev: AsyncDevice,
+    offload: bool,
+    raw: Vec<u8>,
+    segs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    gro: GROTable,
+}
+
+impl Tun {
+    /// Wraps a device; `offload` says whether it was opened with virtio headers.
+    pub fn new(dev: AsyncDevice, offload: bool) -> Tun {
+        let n = if offload { TUN_SEGMENTS } else { 1 };
+        Tun {
+            dev,
+            offload,
+            raw: vec![0u8; VNET_HDR + 65536],
+            segs: vec![vec![0u8; 65536]; n],
+            sizes: vec![0; n],
+            gro: GROTable::default(),
+        }
+    }
+
+    /// Headroom the node must leave in front of packets it hands us.
+    pub fn headroom(&self) -> usize {
+        if self.offload {
+            VNET_HDR
+        } else {
+            0
+        }
+    }
+
+    /// Reads one packet or super-packet; returns how many IP packets it held (see
+    /// [`Tun::packet`]).
+    pub async fn recv(&mut self) -> io::Result<usize> {
+        if self.offload {
+            self.dev
+                .recv_multiple(&mut self.raw, &mut self.segs, &mut self.sizes, 0)
+                .await
+        } else {
+            self.sizes[0] = self.dev.recv(&mut self.segs[0]).await?;
+            Ok(1)
+        }
+    }
+
+    /// The `k`th IP packet of the last read.
+    pub fn packet(&self, k: usize) -> &[u8] {
+        &self.segs[k][..self.sizes[k]]
+    }
+
+    /// Writes packets (each behind [`Tun::headroom`] bytes), coalescing TCP/UDP runs when
+    /// offloading.
+    pub async fn send_all(&mut self, mut packets: Vec<Vec<u8>>) {
+        if packets.is_empty() {
+            return;
+        }
+        if self.offload {
+            if let Err(e) = self
+                .dev
+                .send_multiple(&mut self.gro, &mut packets, VNET_HDR)
+                .await
+            {
+                tracing::debug!("tun send: {e}");
+            }
+        } else {
+            for p in &packets {
+                if let Err(e) = self.dev.send(p).await {
+                    tracing::debug!("tun send: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 source addresses as plain IPv4, so they match configured peers (other
+/// IPv6 addresses keep their scope, which link-local peers need).
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+            SocketAddr::new(a.ip().to_canonical(), a.port())
+        }
+        other => other,
+    }
+}
+
+/// IPv4 destinations as IPv4-mapped IPv6, for a dual-stack IPv6 socket.
+pub fn v6_mapped(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+        IpAddr::V6(_) => a,
+    }
+}
