@@ -79,8 +79,22 @@ fn each_node_learns_its_external_endpoint_from_its_peer() {
 /// Nodes 0..n on one bridge (in node n's namespace, no meshd there), each through its own
 /// veth `lan0`, no IPv4 addresses, no --peer: only link-local IPv6.
 fn lan(tag: &str, secrets: &[Option<&str>]) -> Mesh {
-    let n = secrets.len();
-    let mut m = Mesh::new(tag, n + 1);
+    let mut m = lan_wiring(tag, secrets.len());
+    for (i, s) in secrets.iter().enumerate() {
+        m.start(
+            i,
+            NodeOpts {
+                secret: s.map(str::to_string),
+                ..Default::default()
+            },
+        );
+    }
+    m
+}
+
+/// The wiring of [`lan`] without starting anything.
+fn lan_wiring(tag: &str, n: usize) -> Mesh {
+    let m = Mesh::new(tag, n + 1);
     ns_run(
         &m,
         n,
@@ -100,15 +114,6 @@ fn lan(tag: &str, secrets: &[Option<&str>]) -> Mesh {
         let port = format!("p{i}");
         veth(&m, i, "lan0", n, &port);
         ns_run(&m, n, &["ip", "link", "set", &port, "master", "br0"]);
-    }
-    for (i, s) in secrets.iter().enumerate() {
-        m.start(
-            i,
-            NodeOpts {
-                secret: s.map(str::to_string),
-                ..Default::default()
-            },
-        );
     }
     m
 }
@@ -177,6 +182,102 @@ fn lan_nodes_with_a_network_secret_never_link_to_a_stranger() {
         link_up(&m, 0, &k1) && link_up(&m, 1, &k0),
         "the secret pair lost its link"
     );
+}
+
+#[test]
+fn lan_discovery_keeps_to_the_configured_interfaces() {
+    // 0, 1: default (every interface); 2: lan_exclude matches its interface; 3: lan_interfaces
+    // doesn't match it; 4: lan_interfaces names it. All on one bridge through `lan0`.
+    let mut m = lan_wiring("lif", 5);
+    let configs = [
+        "",
+        "",
+        "lan_exclude = [\"lan*\"]\n",
+        "lan_interfaces = [\"eth*\", \"wlan0\"]\n",
+        "lan_interfaces = [\"lan0\"]\nlan_exclude = [\"docker*\"]\n",
+    ];
+    let mut procs = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let path = write_config(&m, i, c);
+        procs.push(start_with_config(&m, i, &path));
+    }
+    for (a, b) in [(0, 1), (0, 4), (1, 4), (4, 0)] {
+        m.wait_ping(a, b, Duration::from_secs(20));
+    }
+    let keys: Vec<String> = (0..5).map(|i| m.key(i)).collect();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for i in [2, 3] {
+            let ps = peers(&m, i);
+            assert!(
+                ps.is_empty(),
+                "node {i}'s only interface is left out of LAN discovery by its config, yet it has peers: {ps:?}"
+            );
+            for j in [0, 1, 4] {
+                assert!(
+                    !link_up(&m, j, &keys[i]),
+                    "node {j} linked to node {i}, whose interface is left out of LAN discovery"
+                );
+            }
+        }
+        sleep(Duration::from_millis(250));
+    }
+    assert!(!m.ping_once(0, &m.addr(2)) && !m.ping_once(0, &m.addr(3)));
+}
+
+// ------------------------------------------------------------------ idle cost
+
+/// utime + stime of process `pid` in clock ticks, and its context switches (all threads).
+fn cpu_and_switches(pid: u32) -> (u64, u64) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = stat.rsplit_once(')').expect("comm").1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the comm: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let mut switches = 0;
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let st = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for l in st.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (ticks, switches)
+}
+
+#[test]
+fn an_idle_linked_node_sleeps_between_timers() {
+    let mut m = Mesh::new("idl", 2);
+    m.link(0, 1);
+    m.start(0, NodeOpts::default());
+    m.start(1, NodeOpts::peers(&[0]));
+    m.wait_ping(1, 0, Duration::from_secs(10));
+    sleep(Duration::from_secs(2));
+    let pid = m.node(0).pid();
+    let (c0, s0) = cpu_and_switches(pid);
+    let window = Duration::from_secs(5);
+    sleep(window);
+    let (c1, s1) = cpu_and_switches(pid);
+    // Clock ticks are 1/100 s on Linux (USER_HZ).
+    let cpu_s = (c1 - c0) as f64 / 100.0;
+    let wakeups = s1 - s0;
+    eprintln!("idle linked node over {window:?}: {cpu_s:.2} s CPU, {wakeups} context switches");
+    assert!(
+        cpu_s <= 0.25,
+        "an idle node used {cpu_s:.2} s of CPU in {window:?} (busy polling?)"
+    );
+    assert!(
+        wakeups <= 500,
+        "an idle node woke {wakeups} times in {window:?} (busy polling?)"
+    );
+    assert!(link_up(&m, 0, &m.key(1)), "the link went down while idle");
 }
 
 // ------------------------------------------------------------------------------- NAT
