@@ -680,6 +680,182 @@ fn non_loopback_admin_address_is_refused_unless_allowed() {
     assert_eq!(r.status, 401, "remote admin without a token: {r:?}");
 }
 
+#[test]
+fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
+    let mut m = Mesh::new("abi", 2);
+    m.link(0, 1);
+    m.start(0, NodeOpts::default());
+    m.start(1, NodeOpts::peers(&[0]));
+    m.wait_ping(1, 0, Duration::from_secs(10));
+    let peers_before: Vec<String> = peers(&m, 1)
+        .iter()
+        .map(|p| format!("{}@{}", p["public_key"], p["endpoint"]))
+        .collect();
+    let huge = format!(r#"{{"endpoint":"{}:7400"}}"#, "a".repeat(20 * 1024));
+    let cases: Vec<(&str, String, Option<String>, u16)> = vec![
+        ("POST", "/v1/peers".into(), Some("{not json".into()), 400),
+        (
+            "POST",
+            "/v1/peers".into(),
+            Some(r#"{"endpoint": 7400}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/peers".into(),
+            Some(r#"{"endpoint":"10.1.1.1:7400","x":1}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/peers".into(),
+            Some(r#"{"endpoint":"10.1.1.1"}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/peers".into(),
+            Some(r#"{"endpoint":"10.1.1.1:0"}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/peers".into(),
+            Some(r#"{"endpoint":"10.1.1.1:7400","public_key":"abc"}"#.into()),
+            400,
+        ),
+        ("POST", "/v1/peers".into(), Some(huge), 413),
+        ("POST", "/v1/peers".into(), Some("[]".into()), 400),
+        ("DELETE", "/v1/peers/nothex".into(), None, 400),
+        ("DELETE", format!("/v1/peers/{}", "0".repeat(64)), None, 400),
+        (
+            "POST",
+            "/v1/ping".into(),
+            Some(r#"{"address":"::1"}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/ping".into(),
+            Some(r#"{"address":12}"#.into()),
+            400,
+        ),
+        ("POST", "/v1/traceroute".into(), Some("".into()), 400),
+        ("GET", "/v1/lookup/2001:db8::1".into(), None, 400),
+        ("GET", "/v1/nothing".into(), None, 404),
+        ("PUT", "/v1/self".into(), None, 405),
+        ("DELETE", "/v1/routes".into(), None, 405),
+        ("GET", "/v1/ping".into(), None, 405),
+    ];
+    for (method, path, body, want) in &cases {
+        let r = api(&m, 1, method, path, body.as_deref());
+        let shown: String = body.as_deref().unwrap_or("").chars().take(60).collect();
+        assert_eq!(
+            r.status, *want,
+            "{method} {path} {shown}: expected HTTP {want}, got {r:?}"
+        );
+        assert!(
+            r.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path} {shown}: the error body should be {{\"error\": \"...\"}}: {r:?}"
+        );
+    }
+    assert!(m.is_running(1), "node 1 died on bad input");
+    let peers_after: Vec<String> = peers(&m, 1)
+        .iter()
+        .map(|p| format!("{}@{}", p["public_key"], p["endpoint"]))
+        .collect();
+    assert_eq!(
+        peers_after, peers_before,
+        "bad input changed node 1's peers"
+    );
+    let saved = std::fs::read_to_string(m.state_dir(1).join("peers")).unwrap_or_default();
+    assert!(
+        !saved.contains("10.1.1.1"),
+        "bad input was saved as a peer:\n{saved}"
+    );
+    m.wait_ping(1, 0, Duration::from_secs(2));
+}
+
+#[test]
+fn admin_api_on_a_unix_socket_and_a_configured_token() {
+    let m = Mesh::new("aus", 1);
+    let sock = m.dir.join("admin.sock");
+    let cfg = write_config(
+        &m,
+        0,
+        &format!(
+            "admin_token = \"configured-token-123\"\nadmin_socket = \"{}\"\nlan_discovery = false\n",
+            sock.display()
+        ),
+    );
+    let n0 = start_with_config(&m, 0, &cfg);
+    poll(Duration::from_secs(5), || sock.exists()).expect("the admin socket never appeared");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&sock).expect("socket").permissions(),
+    );
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "admin socket mode is {:o}",
+        mode & 0o777
+    );
+    let curl = |auth: &str| {
+        let out = m
+            .cmd(0, "curl")
+            .args(["-sS", "-m", "10", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&sock)
+            .args(["-H", auth, "http://localhost/v1/self"])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let ok = curl("Authorization: Bearer configured-token-123");
+    assert!(
+        ok.ends_with("\n200") && ok.contains(&m.addr(0)),
+        "GET /v1/self over the unix socket: {ok}"
+    );
+    let bad = curl("Authorization: Bearer nope");
+    assert!(
+        bad.ends_with("\n401"),
+        "wrong token over the unix socket: {bad}"
+    );
+    // The TCP API takes the configured token too, and ctl finds it through --config.
+    let r = http_raw(
+        &m,
+        0,
+        "GET",
+        "/v1/self",
+        None,
+        Some("Bearer configured-token-123"),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let out = m
+        .cmd(0, MESHD)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["ctl", "--json", "self"])
+        .output()
+        .expect("ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&m.addr(0)),
+        "meshd --config CFG ctl --json self: {}\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SIGTERM removes the socket.
+    let mut n0 = n0;
+    n0.signal("TERM");
+    assert!(
+        n0.wait_timeout(Duration::from_secs(5)).is_some(),
+        "no exit on SIGTERM"
+    );
+    assert!(
+        !sock.exists(),
+        "the admin socket was left behind after SIGTERM"
+    );
+}
+
 /// schemathesis, or installs it with pip; fails the test clearly if neither works.
 fn schemathesis() -> String {
     let have = |p: &str| {
