@@ -83,8 +83,9 @@ struct Peers {
     state_file: PathBuf,
     /// Spec → resolved endpoint (None while unresolved).
     wanted: Vec<(PeerSpec, Option<SocketAddr>)>,
-    /// Peers added at run time, as last saved.
+    /// Peers added at run time, as last saved, and their endpoints.
     saved: BTreeSet<String>,
+    runtime: BTreeSet<SocketAddr>,
 }
 
 fn spec_string(endpoint: SocketAddr, key: Option<PublicKey>) -> String {
@@ -139,6 +140,7 @@ impl Peers {
             .iter()
             .filter_map(|(_, e)| *e)
             .chain(lan.endpoints())
+            .chain(self.runtime.iter().copied())
             .collect();
         for (ep, _, _) in node.configured_peers() {
             if !keep.contains(&ep) {
@@ -167,12 +169,14 @@ impl Peers {
             .filter_map(|(_, e)| *e)
             .chain(lan.endpoints())
             .collect();
-        let runtime: BTreeSet<String> = node
+        let peers: Vec<(SocketAddr, Option<PublicKey>)> = node
             .configured_peers()
             .into_iter()
             .filter(|(e, _, _)| !known.contains(e))
-            .map(|(e, k, _)| spec_string(e, k))
+            .map(|(e, k, _)| (e, k))
             .collect();
+        let runtime: BTreeSet<String> = peers.iter().map(|&(e, k)| spec_string(e, k)).collect();
+        self.runtime = peers.iter().map(|&(e, _)| e).collect();
         if runtime == self.saved {
             return;
         }
@@ -240,10 +244,21 @@ pub async fn run(s: Settings) -> Result<()> {
         state_file,
         wanted: Vec::new(),
         saved: BTreeSet::new(),
+        runtime: BTreeSet::new(),
     };
-    let mut initial = s.peers.clone();
-    initial.extend(saved);
-    peers.apply(&mut node, &lan, initial).await;
+    // Peers added at run time before: dial them again, still as run-time peers (so removing
+    // one through the API also removes it from the file).
+    for spec in saved {
+        match spec.resolve().await {
+            Ok(e) => {
+                node.add_peer(Instant::now(), e, spec.key);
+                peers.runtime.insert(e);
+                peers.saved.insert(spec_string(e, spec.key));
+            }
+            Err(e) => tracing::warn!("saved peer {}:{}: {e:#}", spec.host, spec.port),
+        }
+    }
+    peers.apply(&mut node, &lan, s.peers.clone()).await;
     peers.save_runtime(&node, &lan);
     lan.scan(udp.socket(), &s.tun);
 
@@ -385,7 +400,6 @@ async fn reload(s: &Settings, node: &mut Node, peers: &mut Peers, lan: &Lan) {
         }
     };
     specs.extend(s.cli_peers.iter().cloned());
-    specs.extend(Peers::load_saved(&s.state_dir).1);
     tracing::info!(
         peers = specs.len(),
         allow_list = allowed.as_ref().map_or(0, |a| a.len()),

@@ -207,6 +207,8 @@ pub struct Node {
     pub(crate) links: Vec<Option<Link>>,
     pub(crate) link_by_key: HashMap<PublicKey, Director>,
     pub(crate) link_by_addr: HashMap<Address, Director>,
+    /// Directors of forgotten links, and when: not reused for a while.
+    retired: HashMap<Director, Instant>,
     link_idx: HashMap<u32, Director>,
     link_hs: HandshakeTable<LinkHs>,
     pub(crate) sessions: HashMap<Address, Session>,
@@ -255,6 +257,7 @@ impl Node {
             links: Vec::new(),
             link_by_key: HashMap::new(),
             link_by_addr: HashMap::new(),
+            retired: HashMap::new(),
             link_idx: HashMap::new(),
             link_hs: HandshakeTable::new(1024, Duration::from_secs(5)),
             sessions: HashMap::new(),
@@ -826,10 +829,15 @@ impl Node {
         let d = match self.link_by_key.get(&key) {
             Some(&d) => d,
             None => {
-                let d = self
-                    .links
-                    .iter()
-                    .position(Option::is_none)
+                // A free slot not freed recently: labels naming an old peer's director must
+                // not quietly lead to a new one.
+                let d = (0..self.links.len())
+                    .find(|&i| {
+                        self.links[i].is_none()
+                            && self.retired.get(&(i as Director)).is_none_or(|t| {
+                                now.saturating_duration_since(*t) > Duration::from_secs(300)
+                            })
+                    })
                     .unwrap_or(self.links.len());
                 if d > switch::MAX_DIRECTOR as usize {
                     self.counters.drop_not_allowed += 1;
@@ -957,6 +965,7 @@ impl Node {
             }
             self.link_by_key.remove(&l.key);
             self.link_by_addr.remove(&l.key.address());
+            self.retired.insert(d, now);
         }
     }
 
@@ -1045,13 +1054,24 @@ impl Node {
             }
             link_kind::CLOSE => {
                 let l = self.links[d as usize].as_mut().expect("link");
+                let key = l.key;
                 for i in l.keys.clear() {
                     self.link_idx.remove(&i);
                 }
-                self.link_down(now, d);
-                // Don't redial at once: the peer is shutting down or removed us.
-                if let Some(l) = self.links[d as usize].as_mut() {
-                    l.redial_at = now + Duration::from_secs(1);
+                let configured = self
+                    .dials
+                    .values()
+                    .any(|x| x.linked == Some(key) || x.key == Some(key));
+                if configured {
+                    // We want this peer: redial, but give a restarting peer a moment.
+                    self.link_down(now, d);
+                    if let Some(l) = self.links[d as usize].as_mut() {
+                        l.redial_at = now + Duration::from_secs(1);
+                    }
+                } else {
+                    // The peer shut down or removed us, and nobody here asked for it: forget
+                    // the link, so a removal sticks. It dials us again if it wants us.
+                    self.forget_link(now, d);
                 }
             }
             _ => self.counters.drop_malformed += 1,
@@ -1195,11 +1215,23 @@ impl Node {
                     return;
                 };
                 self.counters.switch_errors += 1;
-                let remaining = Label(e.remaining);
-                if !remaining.is_valid() || remaining == Label::SELF {
+                // The error came back along the reverse of our route, so its reverse label is
+                // exactly our path to the reporter; with the director that failed there, it
+                // names the broken hop precisely. (Matching paths by their tail alone would
+                // also hit unrelated paths that merely end with the same director.)
+                let failed = match Label(e.remaining).pop() {
+                    Some(Ok((d, _))) => d,
+                    _ => return,
+                };
+                let Some(dead) = h
+                    .reverse
+                    .splice(Label::single(failed).unwrap_or(Label::INVALID))
+                    .ok()
+                    .filter(|l| l.is_valid())
+                else {
                     return;
-                }
-                let broken = move |l: Label| l.ends_with(remaining);
+                };
+                let broken = move |l: Label| l.strip_prefix(dead).is_some();
                 let touched = self.table.mark_broken(broken, now);
                 self.on_path_broken(now, broken);
                 self.on_routes_changed(now, &touched);

@@ -44,6 +44,8 @@ struct Candidate {
     addr: Address,
     path: Label,
     state: CandState,
+    /// Other paths to the node that answers named, tried if `path` fails.
+    alternatives: Vec<Label>,
 }
 
 /// A lookup in progress.
@@ -95,11 +97,17 @@ impl Node {
             .closest(&target, K)
             .into_iter()
             .filter_map(|e| {
+                let mut working = e
+                    .paths
+                    .iter()
+                    .filter(|p| p.failed_at.is_none())
+                    .map(|p| p.label);
                 Some(Candidate {
                     key: e.key,
                     addr: e.addr,
-                    path: e.best()?.label,
+                    path: working.next()?,
                     state: CandState::New,
+                    alternatives: working.take(3).collect(),
                 })
             })
             .collect();
@@ -199,12 +207,19 @@ impl Node {
     }
 
     fn candidate_failed(&mut self, target: Address, key: &PublicKey) {
-        if let Some(c) = self
+        let Some(c) = self
             .lookups
             .get_mut(&target)
             .and_then(|l| l.cands.iter_mut().find(|c| c.key == *key))
-        {
-            c.state = CandState::Failed;
+        else {
+            return;
+        };
+        match c.alternatives.pop() {
+            Some(p) => {
+                c.path = p;
+                c.state = CandState::New;
+            }
+            None => c.state = CandState::Failed,
         }
     }
 
@@ -421,13 +436,29 @@ impl Node {
             {
                 l.target_paths.push((rec.key, spliced));
             }
-            if !l.cands.iter().any(|c| c.addr == addr) {
-                l.cands.push(Candidate {
+            match l.cands.iter_mut().find(|c| c.addr == addr) {
+                None => l.cands.push(Candidate {
                     key: rec.key,
                     addr,
                     path,
                     state: CandState::New,
-                });
+                    alternatives: Vec::new(),
+                }),
+                // Another way to the same node: if the path we tried dies (often the very
+                // reason for this lookup), the node is tried again over this one.
+                Some(c)
+                    if c.path != path
+                        && !c.alternatives.contains(&path)
+                        && c.alternatives.len() < 3 =>
+                {
+                    if c.state == CandState::Failed {
+                        c.path = path;
+                        c.state = CandState::New;
+                    } else {
+                        c.alternatives.push(path);
+                    }
+                }
+                Some(_) => {}
             }
         }
         l.cands.sort_by_key(|c| c.addr.distance(&target));

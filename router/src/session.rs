@@ -56,6 +56,8 @@ pub struct Session {
     pub(crate) last_probe: Instant,
     pub(crate) current_path: Option<Label>,
     pub(crate) stats: SessionStats,
+    /// Last lookup run to find more paths (failover needs a second one ready).
+    pub(crate) last_discovery: Instant,
 }
 
 /// Session information for the admin interface.
@@ -93,6 +95,7 @@ impl Session {
             last_probe: past,
             current_path: None,
             stats: SessionStats::default(),
+            last_discovery: past,
         }
     }
 }
@@ -597,9 +600,25 @@ impl Node {
             // Probe the paths of destinations in use, so a silently dead one is noticed.
             let s = self.sessions.get(&addr).expect("session");
             let active = now.saturating_duration_since(s.last_tx) < Duration::from_secs(3);
+            let discovery_due =
+                now.saturating_duration_since(s.last_discovery) >= Duration::from_secs(5);
             if active && now.saturating_duration_since(s.last_probe) >= PROBE_EVERY {
                 self.sessions.get_mut(&addr).expect("session").last_probe = now;
                 self.probe_paths(now, addr);
+            }
+            // Keep a second path ready for busy destinations: look them up again now and
+            // then while only one path is known (the lookup verifies every path it hears of).
+            if active && discovery_due {
+                let working = self.table.get(&addr).map_or(0, |e| {
+                    e.paths.iter().filter(|p| p.failed_at.is_none()).count()
+                });
+                if working < 2 && !self.link_by_addr.contains_key(&addr) {
+                    self.sessions
+                        .get_mut(&addr)
+                        .expect("session")
+                        .last_discovery = now;
+                    self.start_lookup(now, addr, None);
+                }
             }
             // A busy destination that isn't a peer: try to open a direct link to it.
             if active && has_keys {

@@ -27,6 +27,8 @@ struct Net {
     seq: u64,
     /// Packets each node wrote to its TUN.
     delivered: Vec<Vec<(Instant, Vec<u8>)>>,
+    /// Whether nodes answer ICMPv6 echo requests, as a kernel would.
+    echo: bool,
 }
 
 fn ep(i: usize) -> SocketAddr {
@@ -62,6 +64,7 @@ impl Net {
             queue: BinaryHeap::new(),
             seq: 0,
             delivered: vec![Vec::new(); n],
+            echo: false,
         }
     }
 
@@ -95,7 +98,31 @@ impl Net {
             )));
         }
         while let Some(p) = self.nodes[i].poll_tun_packet() {
+            if self.echo && p.len() >= 48 && p[40] == 128 {
+                let mut r = p.clone();
+                r[8..24].copy_from_slice(&p[24..40]);
+                r[24..40].copy_from_slice(&p[8..24]);
+                r[40] = 129;
+                self.nodes[i].handle_tun_packet(self.now, &r);
+            }
             self.delivered[i].push((self.now, p));
+        }
+        while let Some(t) = self.nodes[i].poll_transmit() {
+            let Some(j) = self.index_of(t.dst) else {
+                continue;
+            };
+            let k = key(i, j);
+            if !self.links.contains(&k) || self.cut.contains(&k) || self.rng.gen_bool(self.loss) {
+                continue;
+            }
+            self.seq += 1;
+            self.queue.push(Reverse((
+                self.now + self.latency,
+                self.seq,
+                j,
+                i,
+                t.payload,
+            )));
         }
         while self.nodes[i].poll_event().is_some() {}
     }
@@ -145,6 +172,16 @@ impl Net {
             .iter()
             .find(|(_, p)| {
                 p.len() >= 48 && u16::from_be_bytes([p[46], p[47]]) == seq && p[40] == 128
+            })
+            .map(|(t, _)| *t)
+    }
+
+    /// When `a` got the echo reply for `seq`.
+    fn replied(&self, a: usize, seq: u16) -> Option<Instant> {
+        self.delivered[a]
+            .iter()
+            .find(|(_, p)| {
+                p.len() >= 48 && u16::from_be_bytes([p[46], p[47]]) == seq && p[40] == 129
             })
             .map(|(t, _)| *t)
     }
@@ -402,5 +439,96 @@ fn busy_pairs_open_a_direct_link_through_the_mesh() {
         net.nodes[1].counters().forwarded - forwarded < 20,
         "middle still forwards {}",
         net.nodes[1].counters().forwarded - forwarded
+    );
+}
+
+/// As the namespace test does it: a ping flow with replies (both ends send), and the link
+/// next to the sender is cut silently, then (after healing) the other path's first link.
+#[test]
+fn round_trips_survive_a_cut_next_to_the_sender() {
+    let mut net = Net::new(4, 11, |_| NodeConfig::default());
+    net.echo = true;
+    for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
+        net.connect(a, b, false);
+    }
+    net.run_for(Duration::from_secs(3));
+    let mut seq = 0u16;
+    let mut send_for = |net: &mut Net, d: Duration| {
+        let end = net.now + d;
+        while net.now < end {
+            net.ping(0, 2, seq);
+            seq += 1;
+            net.run_for(Duration::from_millis(50));
+        }
+    };
+    send_for(&mut net, Duration::from_secs(2));
+    let via = if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
+        1
+    } else {
+        3
+    };
+    net.cut.insert(key(0, via));
+    send_for(&mut net, Duration::from_secs(4));
+    net.cut.clear();
+    send_for(&mut net, Duration::from_secs(8));
+    let via = if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
+        1
+    } else {
+        3
+    };
+    net.cut.insert(key(0, via));
+    send_for(&mut net, Duration::from_secs(4));
+    net.run_for(Duration::from_secs(1));
+    let times: Vec<Instant> = (0..seq).filter_map(|s| net.replied(0, s)).collect();
+    let lost = seq as usize - times.len();
+    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        max_gap < Duration::from_millis(1000),
+        "longest outage {max_gap:?}, lost {lost}/{seq}; node 0: {:?}",
+        net.nodes[0].counters()
+    );
+}
+
+/// A switch error about a far link must only break paths through that link: here the
+/// square's far link 1-2 dies while node 0's direct path to 3 happens to end with the same
+/// director number as 1's link to 2.
+#[test]
+fn round_trips_survive_a_far_cut() {
+    let mut net = Net::new(4, 11, |_| NodeConfig::default());
+    net.echo = true;
+    for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
+        net.connect(a, b, false);
+    }
+    net.run_for(Duration::from_secs(3));
+    let mut seq = 0u16;
+    let mut send_for = |net: &mut Net, d: Duration| {
+        let end = net.now + d;
+        while net.now < end {
+            net.ping(0, 2, seq);
+            seq += 1;
+            net.run_for(Duration::from_millis(50));
+        }
+    };
+    send_for(&mut net, Duration::from_secs(2));
+    let via = if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
+        1
+    } else {
+        3
+    };
+    net.cut.insert(key(via, 2));
+    send_for(&mut net, Duration::from_secs(6));
+    net.run_for(Duration::from_secs(1));
+    let times: Vec<Instant> = (0..seq).filter_map(|s| net.replied(0, s)).collect();
+    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        max_gap < Duration::from_millis(1000),
+        "longest outage {max_gap:?}; node 0: {:?}",
+        net.nodes[0].counters()
+    );
+    assert_eq!(
+        net.nodes[0].counters().drop_unreachable,
+        0,
+        "node 2 was never unreachable: {:?}",
+        net.nodes[0].counters()
     );
 }
