@@ -275,25 +275,7 @@ pub async fn run(s: Settings) -> Result<()> {
                 if let Err(e) = r {
                     tracing::debug!("udp: {e}");
                 }
-                let now = Instant::now();
-                let mut total = 0;
-                loop {
-                    let n = udp.recv_ready(|from, data| {
-                        if Lan::is_beacon(data) {
-                            let linked = |k: &PublicKey| node.peers(now).iter().any(|p| p.key == *k && p.up);
-                            if let Some(k) = lan.on_datagram(data, from, now, linked) {
-                                tracing::info!(peer = %k.address(), endpoint = %from, "LAN beacon: dialing");
-                                node.add_peer(now, from, Some(k));
-                            }
-                        } else {
-                            node.handle_datagram(now, from, data);
-                        }
-                    });
-                    total += n;
-                    if n == 0 || total >= BATCH {
-                        break;
-                    }
-                }
+                read_udp(&mut udp, &mut node, &mut lan);
             }
             r = tun.recv() => {
                 match r {
@@ -325,6 +307,9 @@ pub async fn run(s: Settings) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+        // Whatever arrived while we were busy (or descheduled) is read before timers run, so
+        // a stall of this process never makes a live link look silent.
+        read_udp(&mut udp, &mut node, &mut lan);
         node.handle_timeout(Instant::now());
         out.flush(&mut node, &mut udp, &mut tun, &mut executor)
             .await;
@@ -337,6 +322,29 @@ pub async fn run(s: Settings) -> Result<()> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Reads the datagrams that are ready (up to a batch) into the node; LAN beacons go to `lan`.
+fn read_udp(udp: &mut Udp, node: &mut Node, lan: &mut Lan) {
+    let now = Instant::now();
+    let mut total = 0;
+    loop {
+        let n = udp.recv_ready(|from, data| {
+            if Lan::is_beacon(data) {
+                let linked = |k: &PublicKey| node.peers(now).iter().any(|p| p.key == *k && p.up);
+                if let Some(k) = lan.on_datagram(data, from, now, linked) {
+                    tracing::info!(peer = %k.address(), endpoint = %from, "LAN beacon: dialing");
+                    node.add_peer(now, from, Some(k));
+                }
+            } else {
+                node.handle_datagram(now, from, data);
+            }
+        });
+        total += n;
+        if n == 0 || total >= BATCH {
+            break;
+        }
+    }
 }
 
 /// What the node produced, collected so each kind goes out in batches.

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crypto::{Address, Identity, PublicKey};
@@ -38,11 +39,24 @@ fn mesh_keys(n: usize, seed: u64) -> Vec<PublicKey> {
     keys
 }
 
+/// Under `cargo test` (no `--bench` flag) each benchmark runs once, unoptimised: keep the
+/// set small there so CI stays fast.
+fn test_mode() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// The key set, made once per process and shared by the table benches.
+fn keys() -> &'static [PublicKey] {
+    static KEYS: OnceLock<Vec<PublicKey>> = OnceLock::new();
+    KEYS.get_or_init(|| mesh_keys(if test_mode() { 264 } else { 3064 }, 7))
+}
+
 /// A table fed with `n` random mesh keys; `k` entries per bucket (16 is what a node uses,
 /// so most keys are turned away; a large k keeps all of them).
 fn table(n: usize, k: usize) -> (RoutingTable, Vec<Address>) {
     let now = Instant::now();
-    let keys = mesh_keys(n + 64, 7);
+    let keys = keys();
+    let n = n.min(keys.len() - 64);
     let mut t = RoutingTable::new(keys[0].address(), k);
     let label = Label::from_directors(&[3, 9]).unwrap();
     for key in &keys[1..=n] {

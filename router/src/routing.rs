@@ -111,7 +111,26 @@ impl Node {
                 })
             })
             .collect();
+        if cands.is_empty() {
+            // Every path we know is marked broken (say a link flapped a moment ago): try the
+            // nodes anyway rather than fail without asking anyone.
+            cands = self
+                .table
+                .iter()
+                .filter_map(|e| {
+                    let p = e.paths.first()?.label;
+                    Some(Candidate {
+                        key: e.key,
+                        addr: e.addr,
+                        path: p,
+                        state: CandState::New,
+                        alternatives: Vec::new(),
+                    })
+                })
+                .collect();
+        }
         cands.sort_by_key(|c| c.addr.distance(&target));
+        cands.truncate(MAX_CANDIDATES);
         self.lookups.insert(
             target,
             Lookup {

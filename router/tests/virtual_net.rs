@@ -532,3 +532,28 @@ fn round_trips_survive_a_far_cut() {
         net.nodes[0].counters()
     );
 }
+
+/// Right after the links of a fresh line come up, the first packet to the far end waits
+/// for the lookup instead of being refused.
+#[test]
+fn first_packet_on_a_fresh_line_waits_for_the_lookup() {
+    for seed in 20..24 {
+        let mut net = Net::new(6, seed, |_| NodeConfig::default());
+        for i in 0..5 {
+            net.connect(i, i + 1, false);
+        }
+        net.run_for(Duration::from_millis(300));
+        net.ping(0, 5, 1);
+        net.run_for(Duration::from_secs(3));
+        let icmp_errors = net.delivered[0]
+            .iter()
+            .filter(|(_, p)| p.len() > 40 && p[6] == 58 && p[40] == 1)
+            .count();
+        assert!(
+            net.received(5, 1).is_some() && icmp_errors == 0,
+            "seed {seed}: delivered {:?}, {icmp_errors} ICMP errors; node 0: {:?}",
+            net.received(5, 1),
+            net.nodes[0].counters()
+        );
+    }
+}
