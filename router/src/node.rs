@@ -6,7 +6,7 @@
 //! with a UDP socket and a TUN device; the simulator drives thousands of them on a virtual
 //! clock.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,10 @@ pub struct PeerInfo {
 }
 
 /// One meshd node.
+///
+/// Its maps are ordered (`BTreeMap`), not hashed: iteration order is the same in every run,
+/// so a simulation replays bit for bit from its seed, and keys an attacker can choose
+/// (addresses are hashes of keys anyone can grind) can't be made to collide.
 pub struct Node {
     pub(crate) id: Identity,
     pub(crate) cfg: NodeConfig,
@@ -205,18 +209,18 @@ pub struct Node {
     pub(crate) dials: BTreeMap<u64, Dial>,
     next_dial_id: u64,
     pub(crate) links: Vec<Option<Link>>,
-    pub(crate) link_by_key: HashMap<PublicKey, Director>,
-    pub(crate) link_by_addr: HashMap<Address, Director>,
+    pub(crate) link_by_key: BTreeMap<PublicKey, Director>,
+    pub(crate) link_by_addr: BTreeMap<Address, Director>,
     /// Directors of forgotten links, and when: not reused for a while.
-    retired: HashMap<Director, Instant>,
-    link_idx: HashMap<u32, Director>,
+    retired: BTreeMap<Director, Instant>,
+    link_idx: BTreeMap<u32, Director>,
     link_hs: HandshakeTable<LinkHs>,
-    pub(crate) sessions: HashMap<Address, Session>,
-    pub(crate) session_idx: HashMap<u32, Address>,
+    pub(crate) sessions: BTreeMap<Address, Session>,
+    pub(crate) session_idx: BTreeMap<u32, Address>,
     pub(crate) session_hs: HandshakeTable<SessionHs>,
     pub(crate) table: RoutingTable,
-    pub(crate) lookups: HashMap<Address, Lookup>,
-    pub(crate) queries: HashMap<u64, Query>,
+    pub(crate) lookups: BTreeMap<Address, Lookup>,
+    pub(crate) queries: BTreeMap<u64, Query>,
     pub(crate) hs_bucket: TokenBucket,
     pub(crate) error_bucket: TokenBucket,
     pub(crate) punch_bucket: TokenBucket,
@@ -232,7 +236,7 @@ pub struct Node {
     pub(crate) scratch: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
     pub(crate) pending_pings: Vec<(Address, u64)>,
-    pub(crate) direct: HashMap<Address, crate::routing::Direct>,
+    pub(crate) direct: BTreeMap<Address, crate::routing::Direct>,
     pub(crate) local_endpoints: Vec<SocketAddr>,
     pub(crate) record_seq: u64,
 }
@@ -255,16 +259,16 @@ impl Node {
             dials: BTreeMap::new(),
             next_dial_id: 1,
             links: Vec::new(),
-            link_by_key: HashMap::new(),
-            link_by_addr: HashMap::new(),
-            retired: HashMap::new(),
-            link_idx: HashMap::new(),
+            link_by_key: BTreeMap::new(),
+            link_by_addr: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            link_idx: BTreeMap::new(),
             link_hs: HandshakeTable::new(1024, Duration::from_secs(5)),
-            sessions: HashMap::new(),
-            session_idx: HashMap::new(),
+            sessions: BTreeMap::new(),
+            session_idx: BTreeMap::new(),
             session_hs: HandshakeTable::new(1024, Duration::from_secs(5)),
-            lookups: HashMap::new(),
-            queries: HashMap::new(),
+            lookups: BTreeMap::new(),
+            queries: BTreeMap::new(),
             hs_bucket: TokenBucket::new(hs_rate, hs_rate),
             error_bucket: TokenBucket::new(200.0, 100.0),
             punch_bucket: TokenBucket::new(5.0, 10.0),
@@ -280,7 +284,7 @@ impl Node {
             scratch: vec![0u8; 65536],
             pending_lookup_steps: Vec::new(),
             pending_pings: Vec::new(),
-            direct: HashMap::new(),
+            direct: BTreeMap::new(),
             local_endpoints: Vec::new(),
             record_seq: 0,
         }

@@ -2,7 +2,7 @@
 //! previous, so packets in flight across a rekey still decrypt), the rule that settles
 //! simultaneous handshakes, and the table of handshakes in progress.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crypto::noise::{Handshake, Transport};
@@ -139,7 +139,7 @@ pub struct Pending<C> {
 /// flood of handshakes can't grow memory.
 #[derive(Debug)]
 pub struct HandshakeTable<C> {
-    map: HashMap<u32, Pending<C>>,
+    map: BTreeMap<u32, Pending<C>>,
     cap: usize,
     timeout: Duration,
 }
@@ -148,7 +148,7 @@ impl<C> HandshakeTable<C> {
     /// A table holding at most `cap` handshakes, each for at most `timeout`.
     pub fn new(cap: usize, timeout: Duration) -> Self {
         HandshakeTable {
-            map: HashMap::new(),
+            map: BTreeMap::new(),
             cap,
             timeout,
         }

@@ -113,9 +113,18 @@ pub fn http_to(
         c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
     }
     c.arg(format!("http://{admin}{path}"));
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("running curl (is it installed?): {e}"));
+    // A node just started may not listen yet: retry a refused connection (curl exit 7) for a
+    // few seconds; any other failure counts at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let out = loop {
+        let out = c
+            .output()
+            .unwrap_or_else(|e| panic!("running curl (is it installed?): {e}"));
+        if out.status.code() != Some(7) || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
