@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crypto::noise::{Handshake, Pattern, MAX_HANDSHAKE_LEN, TAG_LEN};
+use crypto::noise::{Handshake, Pattern, TAG_LEN};
 use crypto::{Address, Identity, PublicKey};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -632,18 +632,14 @@ impl Node {
             }
         };
         let idx = self.new_index();
-        let mut out = Vec::with_capacity(5 + MAX_HANDSHAKE_LEN);
         let t = if pattern == Pattern::IK {
             msg_type::INIT_IK
         } else {
             msg_type::INIT_XX
         };
-        wire::write_handshake_header(&mut out, t, idx, None);
-        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-        let Ok(n) = hs.write_message(&mut buf) else {
+        let Some(out) = wire::handshake_message(t, idx, None, &mut hs) else {
             return;
         };
-        out.extend_from_slice(&buf[..n]);
         self.link_hs.insert(
             idx,
             Pending {
@@ -720,14 +716,10 @@ impl Node {
             }
         }
         let idx = self.new_index();
-        let mut out = Vec::with_capacity(9 + MAX_HANDSHAKE_LEN);
-        wire::write_handshake_header(&mut out, msg_type::RESPONSE, idx, Some(sender));
-        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-        let Ok(n) = hs.write_message(&mut buf) else {
+        let Some(out) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs) else {
             self.counters.drop_handshake_failed += 1;
             return;
         };
-        out.extend_from_slice(&buf[..n]);
         self.transmit(from, out);
         if hs.is_finished() {
             self.finish_link_handshake(now, from, hs, idx, sender, None);
@@ -772,13 +764,9 @@ impl Node {
             }
         }
         if !p.hs.is_finished() {
-            let mut out = Vec::with_capacity(9 + MAX_HANDSHAKE_LEN);
-            wire::write_handshake_header(&mut out, msg_type::FINAL, receiver, Some(sender));
-            let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-            let Ok(n) = p.hs.write_message(&mut buf) else {
+            let Some(out) = wire::handshake_message(msg_type::FINAL, receiver, Some(sender), &mut p.hs) else {
                 return;
             };
-            out.extend_from_slice(&buf[..n]);
             self.transmit(from, out);
         }
         self.finish_link_handshake(now, from, p.hs, receiver, sender, p.ctx.dial);
@@ -885,22 +873,13 @@ impl Node {
         }
         l.endpoint = from;
         l.last_rx = now;
-        let gone = l.keys.install(
-            Keys {
+        l.keys.install_indexed(Keys {
                 transport,
                 local_idx,
                 remote_idx,
                 since: now,
                 we_initiated,
-            },
-            &me,
-            &key,
-            now,
-        );
-        for g in gone {
-            self.link_idx.remove(&g);
-        }
-        self.link_idx.insert(local_idx, d);
+            }, &me, &key, now, &mut self.link_idx, d);
         // Measure the RTT at once; the answer also tells us our observed endpoint.
         let l = self.links[d as usize].as_mut().expect("link exists");
         l.ping_seq = l.ping_seq.wrapping_add(1);

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crypto::noise::{Handshake, Pattern, MAX_HANDSHAKE_LEN, TAG_LEN};
+use crypto::noise::{Handshake, Pattern, TAG_LEN};
 use crypto::{Address, PublicKey};
 use switch::{Director, FrameKind, Label};
 
@@ -239,13 +239,9 @@ impl Node {
             return;
         };
         let idx = self.new_index();
-        let mut msg = Vec::with_capacity(5 + MAX_HANDSHAKE_LEN);
-        wire::write_handshake_header(&mut msg, msg_type::INIT_IK, idx, None);
-        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-        let Ok(n) = hs.write_message(&mut buf) else {
+        let Some(msg) = wire::handshake_message(msg_type::INIT_IK, idx, None, &mut hs) else {
             return;
         };
-        msg.extend_from_slice(&buf[..n]);
         // Only the newest handshake per destination stays in the table.
         self.session_hs.retain(|p| p.ctx.addr != addr);
         self.session_hs.insert(
@@ -343,13 +339,9 @@ impl Node {
             return;
         }
         let idx = self.new_index();
-        let mut msg = Vec::with_capacity(9 + MAX_HANDSHAKE_LEN);
-        wire::write_handshake_header(&mut msg, msg_type::RESPONSE, idx, Some(sender));
-        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-        let Ok(n) = hs.write_message(&mut buf) else {
+        let Some(msg) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs) else {
             return;
         };
-        msg.extend_from_slice(&buf[..n]);
         self.send_frame(now, reverse, FrameKind::Session, &msg);
         self.finish_session(now, addr, hs, idx, sender, reverse);
     }
@@ -382,22 +374,13 @@ impl Node {
         s.hs_attempts = 0;
         s.rx_path = Some((reverse, now));
         s.last_rx = now;
-        let gone = s.keys.install(
-            Keys {
+        s.keys.install_indexed(Keys {
                 transport,
                 local_idx,
                 remote_idx,
                 since: now,
                 we_initiated,
-            },
-            &me,
-            &key,
-            now,
-        );
-        for g in gone {
-            self.session_idx.remove(&g);
-        }
-        self.session_idx.insert(local_idx, addr);
+            }, &me, &key, now, &mut self.session_idx, addr);
         self.flush_session(now, addr);
     }
 

@@ -74,6 +74,15 @@ impl KeyPair {
         gone
     }
 
+    /// [`KeyPair::install`], keeping `index` (local index → owner) in step with the keys held.
+    pub fn install_indexed<V>(&mut self, new: Keys, local: &PublicKey, remote: &PublicKey, now: Instant, index: &mut BTreeMap<u32, V>, owner: V) {
+        let idx = new.local_idx;
+        for gone in self.install(new, local, remote, now) {
+            index.remove(&gone);
+        }
+        index.insert(idx, owner);
+    }
+
     /// The keys whose local index is `idx`.
     pub fn by_index(&mut self, idx: u32) -> Option<&mut Keys> {
         [self.current.as_mut(), self.previous.as_mut()]

@@ -311,50 +311,6 @@ fn lossy_links_still_deliver() {
     assert!(got >= 25, "got {got}/50");
 }
 
-/// Square 0-1-2-3-0; 0 and 2 aren't peers. A flow 0 -> 2 every 50 ms keeps going when the
-/// link it uses is cut silently, with the longest gap under a second; again when the other
-/// path is cut after the first heals.
-#[test]
-fn silent_cut_fails_over_within_a_second() {
-    let mut net = Net::new(4, 7, |_| NodeConfig::default());
-    for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
-        net.connect(a, b, false);
-    }
-    net.run_for(Duration::from_secs(3));
-    let mut seq = 0u16;
-    let mut send_for = |net: &mut Net, d: Duration| {
-        let end = net.now + d;
-        while net.now < end {
-            net.ping(0, 2, seq);
-            seq += 1;
-            net.run_for(Duration::from_millis(50));
-        }
-    };
-    send_for(&mut net, Duration::from_secs(2));
-    // Which way does it go? Cut the first hop's link of the path in use... the cut is on
-    // the link between the middle node and 2 to make the far end detect it.
-    let via = if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
-        1
-    } else {
-        3
-    };
-    let other = 4 - via;
-    net.cut.insert(key(via, 2));
-    send_for(&mut net, Duration::from_secs(4));
-    net.cut.clear();
-    send_for(&mut net, Duration::from_secs(8));
-    net.cut.insert(key(0, other));
-    send_for(&mut net, Duration::from_secs(4));
-    net.run_for(Duration::from_secs(1));
-    let times: Vec<Instant> = (0..seq).filter_map(|s| net.received(2, s)).collect();
-    let lost = seq as usize - times.len();
-    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(
-        max_gap < Duration::from_millis(1000),
-        "longest outage {max_gap:?}, lost {lost}/{seq}"
-    );
-}
-
 #[test]
 fn restarted_node_is_reached_again() {
     let mut net = Net::new(3, 8, |_| NodeConfig::default());
@@ -442,97 +398,6 @@ fn busy_pairs_open_a_direct_link_through_the_mesh() {
     );
 }
 
-/// As the namespace test does it: a ping flow with replies (both ends send), and the link
-/// next to the sender is cut silently, then (after healing) the other path's first link.
-#[test]
-fn round_trips_survive_a_cut_next_to_the_sender() {
-    let mut net = Net::new(4, 11, |_| NodeConfig::default());
-    net.echo = true;
-    for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
-        net.connect(a, b, false);
-    }
-    net.run_for(Duration::from_secs(3));
-    let mut seq = 0u16;
-    let mut send_for = |net: &mut Net, d: Duration| {
-        let end = net.now + d;
-        while net.now < end {
-            net.ping(0, 2, seq);
-            seq += 1;
-            net.run_for(Duration::from_millis(50));
-        }
-    };
-    send_for(&mut net, Duration::from_secs(2));
-    let via = if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
-        1
-    } else {
-        3
-    };
-    net.cut.insert(key(0, via));
-    send_for(&mut net, Duration::from_secs(4));
-    net.cut.clear();
-    send_for(&mut net, Duration::from_secs(8));
-    let via = if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
-        1
-    } else {
-        3
-    };
-    net.cut.insert(key(0, via));
-    send_for(&mut net, Duration::from_secs(4));
-    net.run_for(Duration::from_secs(1));
-    let times: Vec<Instant> = (0..seq).filter_map(|s| net.replied(0, s)).collect();
-    let lost = seq as usize - times.len();
-    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(
-        max_gap < Duration::from_millis(1000),
-        "longest outage {max_gap:?}, lost {lost}/{seq}; node 0: {:?}",
-        net.nodes[0].counters()
-    );
-}
-
-/// A switch error about a far link must only break paths through that link: here the
-/// square's far link 1-2 dies while node 0's direct path to 3 happens to end with the same
-/// director number as 1's link to 2.
-#[test]
-fn round_trips_survive_a_far_cut() {
-    let mut net = Net::new(4, 11, |_| NodeConfig::default());
-    net.echo = true;
-    for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
-        net.connect(a, b, false);
-    }
-    net.run_for(Duration::from_secs(3));
-    let mut seq = 0u16;
-    let mut send_for = |net: &mut Net, d: Duration| {
-        let end = net.now + d;
-        while net.now < end {
-            net.ping(0, 2, seq);
-            seq += 1;
-            net.run_for(Duration::from_millis(50));
-        }
-    };
-    send_for(&mut net, Duration::from_secs(2));
-    let via = if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
-        1
-    } else {
-        3
-    };
-    net.cut.insert(key(via, 2));
-    send_for(&mut net, Duration::from_secs(6));
-    net.run_for(Duration::from_secs(1));
-    let times: Vec<Instant> = (0..seq).filter_map(|s| net.replied(0, s)).collect();
-    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(
-        max_gap < Duration::from_millis(1000),
-        "longest outage {max_gap:?}; node 0: {:?}",
-        net.nodes[0].counters()
-    );
-    assert_eq!(
-        net.nodes[0].counters().drop_unreachable,
-        0,
-        "node 2 was never unreachable: {:?}",
-        net.nodes[0].counters()
-    );
-}
-
 /// Right after the links of a fresh line come up, the first packet to the far end waits
 /// for the lookup instead of being refused.
 #[test]
@@ -556,4 +421,117 @@ fn first_packet_on_a_fresh_line_waits_for_the_lookup() {
             net.nodes[0].counters()
         );
     }
+}
+
+/// Square 0-1-2-3-0 where 0 and 2 are not peers, linked and settled.
+fn square(seed: u64, echo: bool) -> Net {
+    let mut net = Net::new(4, seed, |_| NodeConfig::default());
+    net.echo = echo;
+    for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
+        net.connect(a, b, false);
+    }
+    net.run_for(Duration::from_secs(3));
+    net
+}
+
+/// Pings 0 -> 2 every 50 ms for `d`, numbering from `*seq`.
+fn ping_flow(net: &mut Net, seq: &mut u16, d: Duration) {
+    let end = net.now + d;
+    while net.now < end {
+        net.ping(0, 2, *seq);
+        *seq += 1;
+        net.run_for(Duration::from_millis(50));
+    }
+}
+
+/// The middle node (1 or 3) that has forwarded more: the one the flow uses.
+fn middle_in_use(net: &Net) -> usize {
+    if net.nodes[1].counters().forwarded > net.nodes[3].counters().forwarded {
+        1
+    } else {
+        3
+    }
+}
+
+fn longest_gap(times: &[Instant]) -> Duration {
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(Duration::MAX)
+}
+
+/// A one-way flow 0 -> 2 keeps going when the far link it uses is cut silently, with the
+/// longest gap under a second; again when the first link of the other path is cut after the
+/// first heals.
+#[test]
+fn silent_cut_fails_over_within_a_second() {
+    let mut net = square(7, false);
+    let mut seq = 0u16;
+    ping_flow(&mut net, &mut seq, Duration::from_secs(2));
+    let via = middle_in_use(&net);
+    net.cut.insert(key(via, 2));
+    ping_flow(&mut net, &mut seq, Duration::from_secs(4));
+    net.cut.clear();
+    ping_flow(&mut net, &mut seq, Duration::from_secs(8));
+    net.cut.insert(key(0, 4 - via));
+    ping_flow(&mut net, &mut seq, Duration::from_secs(4));
+    net.run_for(Duration::from_secs(1));
+    let times: Vec<Instant> = (0..seq).filter_map(|s| net.received(2, s)).collect();
+    let gap = longest_gap(&times);
+    assert!(
+        gap < Duration::from_millis(1000),
+        "longest outage {gap:?}, got {}/{seq}",
+        times.len()
+    );
+}
+
+/// As the namespace test does it: a ping flow with replies (both ends send), the link next
+/// to the sender cut silently, then (after healing) the first link of the other path.
+#[test]
+fn round_trips_survive_a_cut_next_to_the_sender() {
+    let mut net = square(11, true);
+    let mut seq = 0u16;
+    ping_flow(&mut net, &mut seq, Duration::from_secs(2));
+    net.cut.insert(key(0, middle_in_use(&net)));
+    ping_flow(&mut net, &mut seq, Duration::from_secs(4));
+    net.cut.clear();
+    ping_flow(&mut net, &mut seq, Duration::from_secs(8));
+    net.cut.insert(key(0, middle_in_use(&net)));
+    ping_flow(&mut net, &mut seq, Duration::from_secs(4));
+    net.run_for(Duration::from_secs(1));
+    let times: Vec<Instant> = (0..seq).filter_map(|s| net.replied(0, s)).collect();
+    let gap = longest_gap(&times);
+    assert!(
+        gap < Duration::from_millis(1000),
+        "longest outage {gap:?}, got {}/{seq}; node 0: {:?}",
+        times.len(),
+        net.nodes[0].counters()
+    );
+}
+
+/// A switch error about a far link must only break paths through that link: the square's
+/// far link dies while node 0's direct path to the other middle node may end with the same
+/// director number as the dead link.
+#[test]
+fn round_trips_survive_a_far_cut() {
+    let mut net = square(11, true);
+    let mut seq = 0u16;
+    ping_flow(&mut net, &mut seq, Duration::from_secs(2));
+    net.cut.insert(key(middle_in_use(&net), 2));
+    ping_flow(&mut net, &mut seq, Duration::from_secs(6));
+    net.run_for(Duration::from_secs(1));
+    let times: Vec<Instant> = (0..seq).filter_map(|s| net.replied(0, s)).collect();
+    let gap = longest_gap(&times);
+    assert!(
+        gap < Duration::from_millis(1000),
+        "longest outage {gap:?}; node 0: {:?}",
+        net.nodes[0].counters()
+    );
+    assert_eq!(
+        net.nodes[0].counters().drop_unreachable,
+        0,
+        "node 2 was never unreachable: {:?}",
+        net.nodes[0].counters()
+    );
 }
