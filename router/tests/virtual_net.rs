@@ -535,3 +535,35 @@ fn round_trips_survive_a_far_cut() {
         net.nodes[0].counters()
     );
 }
+
+/// Keys are replaced before they get old: over six virtual minutes a link rekeys (both ends
+/// agree on the new keys) and traffic never stops.
+#[test]
+fn links_and_sessions_rekey_before_keys_expire() {
+    let mut net = Net::new(3, 12, |_| NodeConfig::default());
+    net.connect(0, 1, false);
+    net.connect(1, 2, false);
+    net.run_for(Duration::from_secs(2));
+    let seq = 720u16; // one packet every 500 ms for six minutes
+    for s in 0..seq {
+        net.ping(0, 2, s);
+        net.run_for(Duration::from_millis(500));
+    }
+    let times: Vec<Instant> = (0..seq).filter_map(|s| net.received(2, s)).collect();
+    assert!(
+        times.len() >= 715,
+        "only {}/{seq} packets arrived over 6 minutes",
+        times.len()
+    );
+    let c0 = net.nodes[0].counters();
+    assert!(
+        c0.handshakes_completed >= 3,
+        "link rekeyed only {} times: {c0:?}",
+        c0.handshakes_completed
+    );
+    assert!(
+        c0.sessions_established >= 3,
+        "session rekeyed only {} times: {c0:?}",
+        c0.sessions_established
+    );
+}
