@@ -172,55 +172,57 @@ impl Node {
         true
     }
 
+    /// Sends the next queries of a lookup, or ends it: found when the target itself has
+    /// answered; failed when the K closest live candidates have all answered and nothing is
+    /// in flight. A loop, not recursion: failed sends only ever use up candidates or paths.
     fn step_lookup(&mut self, now: Instant, target: Address) {
-        let Some(l) = self.lookups.get_mut(&target) else {
-            return;
-        };
-        l.cands.sort_by_key(|c| c.addr.distance(&target));
-        if l.cands
-            .first()
-            .is_some_and(|c| c.addr == target && c.state == CandState::Answered)
-        {
-            self.finish_lookup(now, target, true);
-            return;
-        }
-        let mut inflight = l
-            .cands
-            .iter()
-            .filter(|c| c.state == CandState::Asked)
-            .count();
-        let mut to_ask = Vec::new();
-        for c in l
-            .cands
-            .iter_mut()
-            .filter(|c| c.state != CandState::Failed)
-            .take(K)
-        {
-            if inflight >= ALPHA {
-                break;
+        loop {
+            let Some(l) = self.lookups.get_mut(&target) else {
+                return;
+            };
+            l.cands.sort_by_key(|c| c.addr.distance(&target));
+            if l.cands
+                .first()
+                .is_some_and(|c| c.addr == target && c.state == CandState::Answered)
+            {
+                self.finish_lookup(now, target, true);
+                return;
             }
-            if c.state == CandState::New {
-                c.state = CandState::Asked;
-                inflight += 1;
-                to_ask.push((c.key, c.path));
-            }
-        }
-        for (key, path) in to_ask {
-            if !self.send_query(now, key, path, Purpose::Find(target)) {
-                self.candidate_failed(target, &key);
-                inflight -= 1;
-            }
-        }
-        if inflight == 0 {
-            let l = self.lookups.get(&target).expect("lookup");
-            if !l
+            let inflight = l
                 .cands
                 .iter()
-                .any(|c| c.state == CandState::New || c.state == CandState::Asked)
+                .filter(|c| c.state == CandState::Asked)
+                .count();
+            let mut to_ask = Vec::new();
+            for c in l
+                .cands
+                .iter_mut()
+                .filter(|c| c.state != CandState::Failed)
+                .take(K)
             {
-                self.finish_lookup(now, target, false);
-            } else {
-                self.step_lookup(now, target);
+                if inflight + to_ask.len() >= ALPHA {
+                    break;
+                }
+                if c.state == CandState::New {
+                    c.state = CandState::Asked;
+                    to_ask.push((c.key, c.path));
+                }
+            }
+            if to_ask.is_empty() {
+                if inflight == 0 {
+                    self.finish_lookup(now, target, false);
+                }
+                return;
+            }
+            let mut all_sent = true;
+            for (key, path) in to_ask {
+                if !self.send_query(now, key, path, Purpose::Find(target)) {
+                    self.candidate_failed(target, &key);
+                    all_sent = false;
+                }
+            }
+            if all_sent {
+                return;
             }
         }
     }
@@ -633,7 +635,9 @@ impl Node {
             .collect();
         let mut targets = Vec::new();
         for t in dead {
-            let q = self.queries.remove(&t).expect("query");
+            let Some(q) = self.queries.remove(&t) else {
+                continue;
+            };
             if let Purpose::Find(target) = q.purpose {
                 self.candidate_failed(target, &q.to);
                 targets.push(target);
@@ -660,7 +664,9 @@ impl Node {
             .map(|(&t, _)| t)
             .collect();
         for t in expired {
-            let q = self.queries.remove(&t).expect("query");
+            let Some(q) = self.queries.remove(&t) else {
+                continue;
+            };
             match q.purpose {
                 Purpose::Find(target) => {
                     self.candidate_failed(target, &q.to);
