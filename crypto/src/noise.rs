@@ -286,10 +286,7 @@ mod tests {
     /// Both ends' transports and the peer keys they verified.
     type Pair = ((Transport, PublicKey), (Transport, PublicKey));
 
-    fn run(
-        mut i: Handshake,
-        mut r: Handshake,
-    ) -> Result<Pair, NoiseError> {
+    fn run(mut i: Handshake, mut r: Handshake) -> Result<Pair, NoiseError> {
         let mut buf = [0u8; MAX_HANDSHAKE_LEN];
         let mut initiator_turn = true;
         while !(i.is_finished() && r.is_finished()) {

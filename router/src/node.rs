@@ -716,7 +716,8 @@ impl Node {
             }
         }
         let idx = self.new_index();
-        let Some(out) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs) else {
+        let Some(out) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs)
+        else {
             self.counters.drop_handshake_failed += 1;
             return;
         };
@@ -764,7 +765,9 @@ impl Node {
             }
         }
         if !p.hs.is_finished() {
-            let Some(out) = wire::handshake_message(msg_type::FINAL, receiver, Some(sender), &mut p.hs) else {
+            let Some(out) =
+                wire::handshake_message(msg_type::FINAL, receiver, Some(sender), &mut p.hs)
+            else {
                 return;
             };
             self.transmit(from, out);
@@ -873,13 +876,20 @@ impl Node {
         }
         l.endpoint = from;
         l.last_rx = now;
-        l.keys.install_indexed(Keys {
+        l.keys.install_indexed(
+            Keys {
                 transport,
                 local_idx,
                 remote_idx,
                 since: now,
                 we_initiated,
-            }, &me, &key, now, &mut self.link_idx, d);
+            },
+            &me,
+            &key,
+            now,
+            &mut self.link_idx,
+            d,
+        );
         // Measure the RTT at once; the answer also tells us our observed endpoint.
         let l = self.links[d as usize].as_mut().expect("link exists");
         l.ping_seq = l.ping_seq.wrapping_add(1);

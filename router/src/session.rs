@@ -339,7 +339,8 @@ impl Node {
             return;
         }
         let idx = self.new_index();
-        let Some(msg) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs) else {
+        let Some(msg) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs)
+        else {
             return;
         };
         self.send_frame(now, reverse, FrameKind::Session, &msg);
@@ -374,13 +375,20 @@ impl Node {
         s.hs_attempts = 0;
         s.rx_path = Some((reverse, now));
         s.last_rx = now;
-        s.keys.install_indexed(Keys {
+        s.keys.install_indexed(
+            Keys {
                 transport,
                 local_idx,
                 remote_idx,
                 since: now,
                 we_initiated,
-            }, &me, &key, now, &mut self.session_idx, addr);
+            },
+            &me,
+            &key,
+            now,
+            &mut self.session_idx,
+            addr,
+        );
         self.flush_session(now, addr);
     }
 

@@ -75,7 +75,15 @@ impl KeyPair {
     }
 
     /// [`KeyPair::install`], keeping `index` (local index → owner) in step with the keys held.
-    pub fn install_indexed<V>(&mut self, new: Keys, local: &PublicKey, remote: &PublicKey, now: Instant, index: &mut BTreeMap<u32, V>, owner: V) {
+    pub fn install_indexed<V>(
+        &mut self,
+        new: Keys,
+        local: &PublicKey,
+        remote: &PublicKey,
+        now: Instant,
+        index: &mut BTreeMap<u32, V>,
+        owner: V,
+    ) {
         let idx = new.local_idx;
         for gone in self.install(new, local, remote, now) {
             index.remove(&gone);

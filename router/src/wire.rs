@@ -137,7 +137,12 @@ pub fn write_handshake_header(out: &mut Vec<u8>, t: u8, sender: u32, receiver: O
 
 /// A whole handshake message: the header (`type, sender[, receiver]`) and the next Noise
 /// message of `hs`. `None` if Noise refuses to write.
-pub fn handshake_message(t: u8, sender: u32, receiver: Option<u32>, hs: &mut crypto::noise::Handshake) -> Option<Vec<u8>> {
+pub fn handshake_message(
+    t: u8,
+    sender: u32,
+    receiver: Option<u32>,
+    hs: &mut crypto::noise::Handshake,
+) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(9 + MAX_HANDSHAKE_LEN);
     write_handshake_header(&mut out, t, sender, receiver);
     let mut buf = [0u8; MAX_HANDSHAKE_LEN];
