@@ -42,8 +42,10 @@ impl Udp {
     /// Wraps a bound socket.
     pub fn new(sock: UdpSocket) -> io::Result<Udp> {
         let state = UdpSocketState::new((&sock).into())?;
-        let _ = state.set_recv_buffer_size((&sock).into(), 4 << 20);
-        let _ = state.set_send_buffer_size((&sock).into(), 4 << 20);
+        // Enough to absorb a burst (GRO hands over 64 KB at a time) without drops, small
+        // enough not to hold tens of ms of queue at line rate (bufferbloat raised RTT under load).
+        let _ = state.set_recv_buffer_size((&sock).into(), 1 << 20);
+        let _ = state.set_send_buffer_size((&sock).into(), 256 << 10);
         let v6 = sock.local_addr()?.is_ipv6();
         Ok(Udp {
             sock,
