@@ -475,6 +475,9 @@ impl Node {
                     if c.state == CandState::Failed {
                         c.path = path;
                         c.state = CandState::New;
+                    } else if c.state == CandState::New && path.hops() < c.path.hops() {
+                        // Not asked yet: ask over the shorter way, keep the other in reserve.
+                        c.alternatives.push(std::mem::replace(&mut c.path, path));
                     } else {
                         c.alternatives.push(path);
                     }
