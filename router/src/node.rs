@@ -152,6 +152,8 @@ pub(crate) struct Link {
     pub last_rx: Instant,
     pub last_data_tx: Instant,
     pub last_ping: Option<(Instant, u32)>,
+    /// When we first probed without hearing anything since.
+    pub unanswered_since: Option<Instant>,
     pub ping_seq: u32,
     pub rtt: Option<Duration>,
     pub stats: LinkStats,
@@ -539,13 +541,18 @@ impl Node {
                 let since_ping = l
                     .last_ping
                     .map_or(Duration::MAX, |(t, _)| now.saturating_duration_since(t));
-                if silent
-                    > if active {
-                        ACTIVE_DEAD_AFTER
-                    } else {
-                        IDLE_DEAD_AFTER
-                    }
-                {
+                // Dead only after our probes went unanswered: a link that sat idle (so heard
+                // little) and just started carrying traffic gets a probe round first.
+                let probed_for = l
+                    .unanswered_since
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                let dead = if active {
+                    silent > ACTIVE_DEAD_AFTER
+                        && probed_for > ACTIVE_DEAD_AFTER - ACTIVE_PROBE_AFTER
+                } else {
+                    silent > IDLE_DEAD_AFTER
+                };
+                if dead {
                     self.link_down(now, d);
                     continue;
                 }
@@ -558,6 +565,7 @@ impl Node {
                     l.ping_seq = l.ping_seq.wrapping_add(1);
                     let seq = l.ping_seq;
                     l.last_ping = Some((now, seq));
+                    l.unanswered_since.get_or_insert(now);
                     self.send_on_link(now, d, link_kind::PING, &seq.to_le_bytes());
                 }
                 let l = self.links[d as usize].as_ref().expect("link");
@@ -849,6 +857,7 @@ impl Node {
                     last_data_tx: now
                         - ACTIVE_WINDOW.min(now.saturating_duration_since(self.started)),
                     last_ping: None,
+                    unanswered_since: None,
                     ping_seq: 0,
                     rtt: None,
                     stats: LinkStats::default(),
@@ -876,6 +885,7 @@ impl Node {
         }
         l.endpoint = from;
         l.last_rx = now;
+        l.unanswered_since = None;
         l.keys.install_indexed(
             Keys {
                 transport,
@@ -997,6 +1007,7 @@ impl Node {
             }
         };
         l.last_rx = now;
+        l.unanswered_since = None;
         l.stats.rx_packets += 1;
         l.stats.rx_bytes += ct.len() as u64 + DATA_HEADER_LEN as u64;
         if l.endpoint != from {

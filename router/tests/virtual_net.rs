@@ -567,3 +567,40 @@ fn links_and_sessions_rekey_before_keys_expire() {
         c0.sessions_established
     );
 }
+
+/// Links in a static, lossless mesh never go down, with or without traffic.
+#[test]
+fn static_links_never_flap() {
+    let mut net = Net::new(8, 13, |_| NodeConfig::default());
+    for i in 0..7 {
+        net.connect(i, i + 1, false);
+    }
+    net.connect(0, 4, false);
+    net.links.insert(key(0, 4));
+    net.run_for(Duration::from_secs(20));
+    for s in 0..200 {
+        net.ping(s as usize % 8, (s as usize * 3 + 1) % 8, s);
+        net.run_for(Duration::from_millis(100));
+    }
+    net.run_for(Duration::from_secs(20));
+    let downs: Vec<u64> = net.nodes.iter().map(|n| n.counters().links_down).collect();
+    assert!(downs.iter().all(|&d| d == 0), "links went down: {downs:?}");
+}
+
+/// A link that sat idle (so heard from its peer only every second or so) and then carries a
+/// packet is probed before it can be judged dead: it must not flap.
+#[test]
+fn idle_link_that_starts_carrying_traffic_stays_up() {
+    let mut net = Net::new(2, 14, |_| NodeConfig::default());
+    net.connect(0, 1, false);
+    for round in 0..20u16 {
+        net.run_for(Duration::from_millis(1000 + 137 * round as u64));
+        net.ping(0, 1, round);
+    }
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        net.nodes[0].counters().links_down + net.nodes[1].counters().links_down,
+        0
+    );
+    assert!((0..20).all(|s| net.received(1, s).is_some()));
+}
