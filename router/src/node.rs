@@ -457,6 +457,18 @@ impl Node {
         self.transmits.push_back(Transmit { dst, payload });
     }
 
+    /// Whether a handshake's peer, once known, may link (allow-list; never ourselves).
+    /// Counts the refusal.
+    fn may_link(&mut self, hs: &Handshake) -> bool {
+        let ok = hs
+            .remote()
+            .is_some_and(|k| self.allowed(&k) && k != self.id.public_key());
+        if !ok {
+            self.counters.drop_not_allowed += 1;
+        }
+        ok
+    }
+
     pub(crate) fn allowed(&self, k: &PublicKey) -> bool {
         self.cfg.allowed_keys.as_ref().is_none_or(|a| a.contains(k))
     }
@@ -717,11 +729,9 @@ impl Node {
             self.counters.drop_handshake_failed += 1;
             return;
         }
-        if let Some(k) = hs.remote() {
-            if !self.allowed(&k) || k == self.id.public_key() {
-                self.counters.drop_not_allowed += 1;
-                return;
-            }
+        // IK names the initiator in its first message: refuse strangers before answering.
+        if hs.remote().is_some() && !self.may_link(&hs) {
+            return;
         }
         let idx = self.new_index();
         let Some(out) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs)
@@ -765,12 +775,8 @@ impl Node {
             self.counters.drop_handshake_failed += 1;
             return;
         }
-        match p.hs.remote() {
-            Some(k) if self.allowed(&k) && k != self.id.public_key() => {}
-            _ => {
-                self.counters.drop_not_allowed += 1;
-                return;
-            }
+        if !self.may_link(&p.hs) {
+            return;
         }
         if !p.hs.is_finished() {
             let Some(out) =
@@ -799,12 +805,8 @@ impl Node {
             self.counters.drop_handshake_failed += 1;
             return;
         }
-        match p.hs.remote() {
-            Some(k) if self.allowed(&k) && k != self.id.public_key() => {}
-            _ => {
-                self.counters.drop_not_allowed += 1;
-                return;
-            }
+        if !self.may_link(&p.hs) {
+            return;
         }
         self.finish_link_handshake(now, from, p.hs, receiver, sender, None);
     }

@@ -79,7 +79,8 @@ impl Net {
         (0..self.nodes.len()).find(|&i| ep(i) == e)
     }
 
-    fn flush(&mut self, i: usize) {
+    /// Puts node `i`'s datagrams on the wire (dropping those for cut or absent links).
+    fn send_transmits(&mut self, i: usize) {
         while let Some(t) = self.nodes[i].poll_transmit() {
             let Some(j) = self.index_of(t.dst) else {
                 continue;
@@ -97,6 +98,10 @@ impl Net {
                 t.payload,
             )));
         }
+    }
+
+    fn flush(&mut self, i: usize) {
+        self.send_transmits(i);
         while let Some(p) = self.nodes[i].poll_tun_packet() {
             if self.echo && p.len() >= 48 && p[40] == 128 {
                 let mut r = p.clone();
@@ -107,23 +112,8 @@ impl Net {
             }
             self.delivered[i].push((self.now, p));
         }
-        while let Some(t) = self.nodes[i].poll_transmit() {
-            let Some(j) = self.index_of(t.dst) else {
-                continue;
-            };
-            let k = key(i, j);
-            if !self.links.contains(&k) || self.cut.contains(&k) || self.rng.gen_bool(self.loss) {
-                continue;
-            }
-            self.seq += 1;
-            self.queue.push(Reverse((
-                self.now + self.latency,
-                self.seq,
-                j,
-                i,
-                t.payload,
-            )));
-        }
+        // Echo replies the node just produced.
+        self.send_transmits(i);
         while self.nodes[i].poll_event().is_some() {}
     }
 
