@@ -1026,7 +1026,7 @@ impl Node {
             return;
         }
         match plain[0] {
-            link_kind::FRAME => self.on_frame(now, d, &mut plain[1..n]),
+            link_kind::FRAME => self.on_frame(now, d, &mut plain[..n]),
             link_kind::PING if n >= 5 => {
                 let mut reply = [0u8; 4 + 19];
                 reply[..4].copy_from_slice(&plain[1..5]);
@@ -1093,24 +1093,30 @@ impl Node {
         kind: u8,
         body: &[u8],
     ) -> bool {
+        let mut plain = Vec::with_capacity(1 + body.len());
+        plain.push(kind);
+        plain.extend_from_slice(body);
+        self.send_link_plain(now, d, &plain)
+    }
+
+    /// Encrypts a link plaintext that already starts with its kind byte (a frame being
+    /// forwarded is sent from the very buffer it was decrypted into: no copy).
+    pub(crate) fn send_link_plain(&mut self, now: Instant, d: Director, plain: &[u8]) -> bool {
         let Some(l) = self.links.get_mut(d as usize).and_then(Option::as_mut) else {
             return false;
         };
         let Some(keys) = l.keys.sending(now) else {
             return false;
         };
-        let mut plain = Vec::with_capacity(1 + body.len());
-        plain.push(kind);
-        plain.extend_from_slice(body);
         let mut out = vec![0u8; DATA_HEADER_LEN + plain.len() + TAG_LEN];
-        let Ok((counter, n)) = keys.transport.encrypt(&plain, &mut out[DATA_HEADER_LEN..]) else {
+        let Ok((counter, n)) = keys.transport.encrypt(plain, &mut out[DATA_HEADER_LEN..]) else {
             return false;
         };
         wire::write_data_header(&mut out, keys.remote_idx, counter);
         out.truncate(DATA_HEADER_LEN + n);
         l.stats.tx_packets += 1;
         l.stats.tx_bytes += out.len() as u64;
-        if kind == link_kind::FRAME {
+        if plain.first() == Some(&link_kind::FRAME) {
             l.last_data_tx = now;
         }
         let dst = l.endpoint;
@@ -1120,7 +1126,10 @@ impl Node {
 
     // ---------------------------------------------------------------- switch
 
-    fn on_frame(&mut self, now: Instant, came_in: Director, frame: &mut [u8]) {
+    /// A switch frame arrived on link `came_in`; `plain` is the link plaintext: the FRAME kind
+    /// byte, then the frame.
+    fn on_frame(&mut self, now: Instant, came_in: Director, plain: &mut [u8]) {
+        let frame = &mut plain[1..];
         match switch::forward(frame, Some(came_in)) {
             Decision::Drop => self.counters.drop_malformed += 1,
             Decision::Deliver => {
@@ -1131,15 +1140,15 @@ impl Node {
             }
             Decision::Forward(out) => {
                 self.counters.forwarded += 1;
-                if self
+                let up = self
                     .links
                     .get(out as usize)
                     .and_then(Option::as_ref)
-                    .is_some_and(|l| l.up)
-                    && self.send_on_link(now, out, link_kind::FRAME, frame)
-                {
+                    .is_some_and(|l| l.up);
+                if up && self.send_link_plain(now, out, plain) {
                     return;
                 }
+                let frame = &plain[1..];
                 let Ok(h) = SwitchHeader::parse(frame) else {
                     return;
                 };
@@ -1179,17 +1188,19 @@ impl Node {
         kind: FrameKind,
         body: &[u8],
     ) -> bool {
-        let mut frame = Vec::with_capacity(SwitchHeader::LEN + body.len());
-        frame.resize(SwitchHeader::LEN, 0);
+        // The link plaintext: kind byte, switch header, body, built once.
+        let mut plain = Vec::with_capacity(1 + SwitchHeader::LEN + body.len());
+        plain.push(link_kind::FRAME);
+        plain.resize(1 + SwitchHeader::LEN, 0);
         SwitchHeader {
             route,
             reverse: Label::SELF,
             kind,
         }
-        .write(&mut frame);
-        frame.extend_from_slice(body);
-        match switch::forward(&mut frame, None) {
-            Decision::Forward(d) => self.send_on_link(now, d, link_kind::FRAME, &frame),
+        .write(&mut plain[1..]);
+        plain.extend_from_slice(body);
+        match switch::forward(&mut plain[1..], None) {
+            Decision::Forward(d) => self.send_link_plain(now, d, &plain),
             Decision::Deliver | Decision::Drop => false,
         }
     }
