@@ -60,7 +60,14 @@ fn table(n: usize, k: usize) -> (RoutingTable, Vec<Address>) {
     let mut t = RoutingTable::new(keys[0].address(), k);
     let label = Label::from_directors(&[3, 9]).unwrap();
     for key in &keys[1..=n] {
-        t.upsert(*key, label, Some(Duration::from_millis(5)), now, false);
+        t.upsert(
+            *key,
+            label,
+            Some(Duration::from_millis(5)),
+            now,
+            false,
+            false,
+        );
     }
     let targets = keys[n + 1..].iter().map(|k| k.address()).collect();
     (t, targets)

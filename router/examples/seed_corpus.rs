@@ -83,6 +83,7 @@ fn main() {
         Control::nodes(
             &ids[1],
             1,
+            Label::from_directors(&[3]).unwrap().0,
             vec![NodeRecord {
                 key: ids[2].public_key(),
                 label: route.0,

@@ -37,9 +37,13 @@ pub enum Control {
         txid: u64,
         /// Who answers.
         responder: PublicKey,
+        /// The responder's route back to the asker (the reverse label of the question), so
+        /// the asker can cut out the hops where a record's label walks back along its own
+        /// path ([`switch::Label::splice_unlooped`]).
+        back: u64,
         /// Closest known nodes, with labels from the responder.
         nodes: Vec<NodeRecord>,
-        /// Responder's signature over `txid` and `nodes`.
+        /// Responder's signature over `txid`, `back` and `nodes`.
         sig: Signature,
     },
     /// Path probe.
@@ -119,9 +123,10 @@ impl EndpointRecord {
     }
 }
 
-fn nodes_msg(txid: u64, nodes: &[NodeRecord]) -> Vec<u8> {
+fn nodes_msg(txid: u64, back: u64, nodes: &[NodeRecord]) -> Vec<u8> {
     let mut m = b"meshd-nodes".to_vec();
     m.extend_from_slice(&txid.to_le_bytes());
+    m.extend_from_slice(&back.to_le_bytes());
     for n in nodes {
         m.extend_from_slice(&n.key.0);
         m.extend_from_slice(&n.label.to_le_bytes());
@@ -136,12 +141,13 @@ fn pong_msg(txid: u64) -> Vec<u8> {
 }
 
 impl Control {
-    /// A signed [`Control::Nodes`].
-    pub fn nodes(id: &Identity, txid: u64, nodes: Vec<NodeRecord>) -> Control {
-        let sig = id.sign(&nodes_msg(txid, &nodes));
+    /// A signed [`Control::Nodes`]; `back` is the responder's route to the asker.
+    pub fn nodes(id: &Identity, txid: u64, back: u64, nodes: Vec<NodeRecord>) -> Control {
+        let sig = id.sign(&nodes_msg(txid, back, &nodes));
         Control::Nodes {
             txid,
             responder: id.public_key(),
+            back,
             nodes,
             sig,
         }
@@ -160,12 +166,15 @@ impl Control {
             Control::Nodes {
                 txid,
                 responder,
+                back,
                 nodes,
                 sig,
             } => {
                 responder == expected
                     && nodes.len() <= MAX_RECORDS
-                    && responder.verify(&nodes_msg(*txid, nodes), sig).is_ok()
+                    && responder
+                        .verify(&nodes_msg(*txid, *back, nodes), sig)
+                        .is_ok()
             }
             Control::Pong {
                 txid,
@@ -266,6 +275,7 @@ mod tests {
         let n = Control::nodes(
             &a,
             42,
+            0x21,
             vec![NodeRecord {
                 key: b.public_key(),
                 label: 0x13,
@@ -281,15 +291,28 @@ mod tests {
         if let Control::Nodes {
             txid,
             responder,
+            back,
             mut nodes,
             sig,
         } = n
         {
+            assert!(
+                !Control::Nodes {
+                    txid,
+                    responder,
+                    back: 0x23,
+                    nodes: nodes.clone(),
+                    sig
+                }
+                .verify_answer(&a.public_key()),
+                "tampered route back"
+            );
             nodes[0].label = 0x15;
             assert!(
                 !Control::Nodes {
                     txid,
                     responder,
+                    back,
                     nodes,
                     sig
                 }

@@ -931,6 +931,7 @@ impl Node {
             None,
             now,
             true,
+            false,
         );
         if self.next_self_lookup.is_none() {
             self.next_self_lookup = Some(now);

@@ -248,6 +248,16 @@ impl Node {
         let Some(l) = self.lookups.remove(&target) else {
             return;
         };
+        if !found {
+            tracing::debug!(
+                me = %self.id.address(),
+                %target,
+                age = ?now.saturating_duration_since(l.started),
+                target_candidate = ?l.cands.iter().find(|c| c.addr == target).map(|c| (c.state, c.path.hops())),
+                closest = ?l.cands.iter().take(8).map(|c| (c.addr.common_prefix_len(&target), c.state, c.path.hops())).collect::<Vec<_>>(),
+                "lookup failed"
+            );
+        }
         if found {
             self.counters.lookups_found += 1;
             // Verify the other paths seen, so failover has somewhere to go.
@@ -309,7 +319,7 @@ impl Node {
                     })
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
                     .collect();
-                let answer = Control::nodes(&self.id, txid, nodes);
+                let answer = Control::nodes(&self.id, txid, reverse.0, nodes);
                 self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
                 self.learn_of(now, asker, reverse);
             }
@@ -386,10 +396,12 @@ impl Node {
                 self.queries.remove(&txid);
                 let rtt = now.saturating_duration_since(q.sent);
                 let addr = expected.address();
-                self.table.upsert(expected, q.path, Some(rtt), now, false);
+                let in_use = self.sessions.contains_key(&addr) || self.lookups.contains_key(&addr);
+                self.table
+                    .upsert(expected, q.path, Some(rtt), now, false, in_use);
                 match (q.purpose, msg) {
-                    (Purpose::Find(target), Control::Nodes { nodes, .. }) => {
-                        self.on_nodes(now, target, q, nodes)
+                    (Purpose::Find(target), Control::Nodes { nodes, back, .. }) => {
+                        self.on_nodes(now, target, q, Label(back), nodes)
                     }
                     (Purpose::Admin(id) | Purpose::Trace(id), _) => {
                         self.events.push_back(Event::Ping {
@@ -426,7 +438,14 @@ impl Node {
         }
     }
 
-    fn on_nodes(&mut self, now: Instant, target: Address, q: Query, nodes: Vec<NodeRecord>) {
+    fn on_nodes(
+        &mut self,
+        now: Instant,
+        target: Address,
+        q: Query,
+        back: Label,
+        nodes: Vec<NodeRecord>,
+    ) {
         let me = self.id.address();
         let Some(l) = self.lookups.get_mut(&target) else {
             return;
@@ -443,7 +462,7 @@ impl Node {
             if addr == me || !label.is_well_formed() {
                 continue;
             }
-            let Ok(spliced) = q.path.splice(label) else {
+            let Ok(spliced) = q.path.splice_unlooped(back, label) else {
                 continue;
             };
             // Prefer a path we already know works if it is no longer.
@@ -725,7 +744,8 @@ impl Node {
                 self.start_lookup(now, target, None);
             }
         }
-        self.table.expire(now);
+        let sessions = &self.sessions;
+        self.table.expire(now, |a| sessions.contains_key(a));
     }
 
     /// Pings `addr` through the mesh (looking it up first if needed). The answer comes as

@@ -114,7 +114,10 @@ impl RoutingTable {
     }
 
     /// Records a verified path to `key`. Returns false if the bucket is full of live nodes
-    /// (Kademlia keeps the old ones: they are likelier to stay).
+    /// (Kademlia keeps the old ones: they are likelier to stay), unless the entry is
+    /// `pinned` (a direct peer) or `in_use` (a destination we talk to or look up): those go
+    /// in beyond `k`, and [`RoutingTable::expire`] trims them once no longer in use. So the
+    /// table is O(k log n) plus the destinations in use.
     pub fn upsert(
         &mut self,
         key: PublicKey,
@@ -122,6 +125,7 @@ impl RoutingTable {
         rtt: Option<Duration>,
         now: Instant,
         pinned: bool,
+        in_use: bool,
     ) -> bool {
         let addr = key.address();
         let Some(b) = self.bucket(&addr) else {
@@ -138,7 +142,7 @@ impl RoutingTable {
                         Some(i) if !pinned || bucket.len() >= k => {
                             bucket.swap_remove(i);
                         }
-                        _ if pinned => {}
+                        _ if pinned || in_use => {}
                         _ => return false,
                     }
                 }
@@ -221,10 +225,25 @@ impl RoutingTable {
         v
     }
 
-    /// Drops entries unheard-of for [`ENTRY_TTL`], and failed paths older than a minute.
-    pub fn expire(&mut self, now: Instant) {
+    /// Drops entries unheard-of for [`ENTRY_TTL`], failed paths older than a minute, and
+    /// brings buckets back to `k` entries by dropping the least recently seen ones that are
+    /// neither pinned nor `in_use`.
+    pub fn expire(&mut self, now: Instant, in_use: impl Fn(&Address) -> bool) {
+        let k = self.k;
         for b in &mut self.buckets {
             b.retain(|e| e.pinned || now.saturating_duration_since(e.last_seen) < ENTRY_TTL);
+            while b.len() > k {
+                let Some(i) = b
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.pinned && !in_use(&e.addr))
+                    .min_by_key(|(_, e)| e.last_seen)
+                    .map(|(i, _)| i)
+                else {
+                    break;
+                };
+                b.swap_remove(i);
+            }
             for e in b.iter_mut() {
                 e.paths.retain(|p| {
                     p.failed_at
@@ -279,6 +298,7 @@ mod tests {
                 None,
                 now,
                 false,
+                false,
             );
         }
         // Roughly half the nodes fall in bucket 0..: each bucket holds at most 4.
@@ -288,12 +308,12 @@ mod tests {
 
         let x = ids[0].public_key();
         if t.get(&x.address()).is_none() {
-            t.upsert(x, Label::single(1).unwrap(), None, now, true);
+            t.upsert(x, Label::single(1).unwrap(), None, now, true, false);
         }
         let slow = Label::from_directors(&[1, 2]).unwrap();
         let fast = Label::from_directors(&[3, 2]).unwrap();
-        t.upsert(x, slow, Some(Duration::from_millis(9)), now, false);
-        t.upsert(x, fast, Some(Duration::from_millis(2)), now, false);
+        t.upsert(x, slow, Some(Duration::from_millis(9)), now, false, false);
+        t.upsert(x, fast, Some(Duration::from_millis(2)), now, false, false);
         assert_eq!(t.get(&x.address()).unwrap().best().unwrap().label, fast);
         let touched = t.mark_broken(
             |l| {
@@ -307,5 +327,42 @@ mod tests {
         assert_ne!(t.get(&x.address()).unwrap().best().unwrap().label, fast);
         let c = t.closest(&x.address(), 3);
         assert_eq!(c[0].addr, x.address());
+    }
+
+    /// A destination in use gets an entry even when its bucket is full of live nodes (else a
+    /// lookup finds it and the session still has no path), and loses it once not in use.
+    #[test]
+    fn destinations_in_use_go_beyond_k_and_are_trimmed_after() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let me = Identity::generate(&mut rng);
+        let now = Instant::now();
+        let mut t = RoutingTable::new(me.address(), 2);
+        let ids: Vec<_> = (0..64).map(|_| Identity::generate(&mut rng)).collect();
+        let l = Label::single(1).unwrap();
+        // Fill bucket 8 (after the shared 0xfc byte, the first differing bit), then one more.
+        let in_bucket: Vec<_> = ids
+            .iter()
+            .filter(|i| me.address().common_prefix_len(&i.address()) == 8)
+            .collect();
+        assert!(in_bucket.len() >= 4);
+        for i in &in_bucket[..2] {
+            assert!(t.upsert(i.public_key(), l, None, now, false, false));
+        }
+        let extra = in_bucket[2].public_key();
+        assert!(
+            !t.upsert(extra, l, None, now, false, false),
+            "full bucket refuses"
+        );
+        assert!(t.get(&extra.address()).is_none());
+        assert!(t.upsert(extra, l, None, now, false, true), "in use goes in");
+        assert_eq!(t.bucket_len(8), 3);
+        let others: Vec<_> = in_bucket[..2].iter().map(|i| i.address()).collect();
+        t.expire(now, |a| *a == extra.address() || others.contains(a));
+        assert_eq!(t.bucket_len(8), 3, "kept while in use");
+        t.expire(now, |a| *a == extra.address());
+        assert_eq!(t.bucket_len(8), 2, "the others trimmed first");
+        assert!(t.get(&extra.address()).is_some());
+        t.expire(now, |_| false);
+        assert_eq!(t.bucket_len(8), 2, "never below k");
     }
 }

@@ -787,6 +787,36 @@ fn reach(p: &Params, cost_run: bool) -> anyhow::Result<Report> {
         &mut sp,
         Duration::from_secs(15),
     );
+    if std::env::var_os("SIM_DEBUG").is_some() {
+        for (i, sc) in scored.iter().enumerate() {
+            if sc.ok {
+                continue;
+            }
+            let pr = &r.sim.probes[first_probe + i];
+            let dst_addr = r.sim.nodes[pr.dst as usize].as_ref().map(|n| n.address());
+            let Some(dst_addr) = dst_addr else { continue };
+            let src = r.sim.nodes[pr.src as usize].as_ref().unwrap();
+            let sess = src.sessions().into_iter().find(|s| s.address == dst_addr);
+            let known_by = r
+                .sim
+                .nodes
+                .iter()
+                .flatten()
+                .filter(|n| n.path_to(&dst_addr).is_some())
+                .count();
+            eprintln!(
+                "FAIL {:?} {}->{} shortest {:?} arrived {:?} table_path {:?} session {:?} known_by {}",
+                &dst_addr.0[..3],
+                pr.src,
+                pr.dst,
+                sp.hops(pr.src, pr.dst),
+                pr.arrived.is_some(),
+                src.path_to(&dst_addr).map(|l| l.hops()),
+                sess.map(|s| (s.established, s.path.map(|l| l.hops()), s.queued)),
+                known_by
+            );
+        }
+    }
     let mut s = r.summary(&scored, cost);
     if cost_run {
         s.memory_bytes_per_node = rss0

@@ -207,6 +207,32 @@ impl Label {
         self.truncate_bits(bits)
     }
 
+    /// The route `self` (to X) followed by `then` (X's route to Y), without the detour where
+    /// `then` first walks back along `self`. `back` is X's route back to us: the reverse label
+    /// X saw on a frame that came over `self`. When `then` starts with the first k directors
+    /// of `back`, its first k hops retrace the last k hops of `self`, so the result is the
+    /// first n − k hops of `self` and then `then` without its first k hops. With a `back` that
+    /// is not a complete reverse of `self` (wrong hop count, malformed) this is a plain
+    /// [`Label::splice`].
+    pub fn splice_unlooped(self, back: Label, then: Label) -> Result<Label, LabelError> {
+        let n = self.hops();
+        if !back.is_valid() || !back.is_well_formed() || back.hops() != n {
+            return self.splice(then);
+        }
+        let mut rest = then;
+        let mut k = 0;
+        for d in back.directors() {
+            match rest.pop() {
+                Some(Ok((e, r))) if e == d => {
+                    rest = r;
+                    k += 1;
+                }
+                _ => break,
+            }
+        }
+        self.prefix(n - k).splice(rest)
+    }
+
     /// The same directors in the opposite order. (A reply route needs each hop's *reverse*
     /// director, which the switch collects in the frame's reverse label; this reorders a
     /// list of directors, e.g. to turn a collected reverse route back into a forward one.)
@@ -293,6 +319,64 @@ mod tests {
                 prop_assert_eq!(r.reversed().unwrap(), l);
                 prop_assert_eq!(r.bit_len(), l.bit_len());
             }
+        }
+
+        /// On a random graph, a spliced route with the retraced hops removed still leads from
+        /// the start to the node `then` leads to, and is never longer than the plain splice.
+        #[test]
+        fn splice_unlooped_reaches_the_same_node(
+            links in proptest::collection::vec((0usize..12, 0usize..12), 11..40),
+            walk_a in proptest::collection::vec(any::<u16>(), 0..4),
+            walk_b in proptest::collection::vec(any::<u16>(), 0..4),
+        ) {
+            // A connected graph: a path 0-1-..-11 plus random extra links. Each node numbers
+            // its links in the order they were added (its directors).
+            let mut adj: Vec<Vec<usize>> = vec![Vec::new(); 12];
+            let add = |a: usize, b: usize, adj: &mut Vec<Vec<usize>>| {
+                if a != b && !adj[a].contains(&b) {
+                    adj[a].push(b);
+                    adj[b].push(a);
+                }
+            };
+            for i in 0..11 {
+                add(i, i + 1, &mut adj);
+            }
+            for (a, b) in links {
+                add(a, b, &mut adj);
+            }
+            // Walks: director choices by the random numbers; the reverse collected on the way.
+            let walk = |from: usize, choices: &[u16]| {
+                let (mut at, mut ds, mut back) = (from, Vec::new(), Vec::new());
+                for c in choices {
+                    let d = *c as usize % adj[at].len();
+                    let next = adj[at][d];
+                    ds.push(d as Director);
+                    back.insert(0, adj[next].iter().position(|&x| x == at).unwrap() as Director);
+                    at = next;
+                }
+                (at, ds, back)
+            };
+            let follow = |from: usize, l: Label| l.directors().fold(from, |at, d| adj[at][d as usize]);
+            let (x, a, back) = walk(0, &walk_a);
+            let (y, b, _) = walk(x, &walk_b);
+            let (la, lback, lb) = (
+                Label::from_directors(&a).unwrap(),
+                Label::from_directors(&back).unwrap(),
+                Label::from_directors(&b).unwrap(),
+            );
+            let plain = la.splice(lb).unwrap();
+            let short = la.splice_unlooped(lback, lb).unwrap();
+            prop_assert_eq!(follow(0, plain), y);
+            prop_assert_eq!(follow(0, short), y);
+            prop_assert!(short.hops() <= plain.hops());
+            // Walking straight back and out again costs nothing.
+            if let Ok(detour) = lback.splice(la).and_then(|l| l.splice(lb)) {
+                let there_and_back = la.splice_unlooped(lback, detour).unwrap();
+                prop_assert_eq!(follow(0, there_and_back), y);
+                prop_assert!(there_and_back.hops() <= plain.hops());
+            }
+            // A `back` that can't be the reverse of `self` changes nothing.
+            prop_assert_eq!(la.splice_unlooped(Label::INVALID, lb).unwrap(), plain);
         }
 
         /// Distinct routes never share a label.
