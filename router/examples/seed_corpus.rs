@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crypto::Identity;
-use meshd_router::control::{Control, EndpointRecord, ErrorCode, NodeRecord, SwitchError};
+use meshd_router::control::{Control, Coord, EndpointRecord, ErrorCode, NodeRecord, SwitchError};
 use meshd_router::{Label, Node, NodeConfig};
 use rand::SeedableRng;
 use switch::{FrameKind, SwitchHeader};
@@ -84,16 +84,29 @@ fn main() {
             &ids[1],
             1,
             Label::from_directors(&[3]).unwrap().0,
+            Some(Coord {
+                root: ids[2].public_key(),
+                down: Label::from_directors(&[2, 5]).unwrap().0,
+            }),
             vec![NodeRecord {
                 key: ids[2].public_key(),
                 label: route.0,
+                coord: Label::from_directors(&[2]).unwrap().0,
             }],
         ),
         Control::Ping {
             txid: 2,
             asker: ids[0].public_key(),
         },
-        Control::pong(&ids[2], 2),
+        Control::pong(&ids[2], 2, None),
+        Control::Tree {
+            root: ids[2].public_key(),
+            seq: 9,
+            depth: 1,
+            up: Label::from_directors(&[0]).unwrap().0,
+            down: Label::from_directors(&[4]).unwrap().0,
+            director: 1,
+        },
         Control::Rendezvous {
             record: EndpointRecord::new(
                 &ids[0],

@@ -17,6 +17,18 @@ pub struct NodeRecord {
     pub key: PublicKey,
     /// Route from the responder to the node.
     pub label: u64,
+    /// The node's place in the responder's spanning tree (route from the root down to the
+    /// node), 0 if unknown. Only meaningful under the root named in the answer.
+    pub coord: u64,
+}
+
+/// Where a node sits in the spanning tree: the root, and the route from it down to the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coord {
+    /// The tree's root.
+    pub root: PublicKey,
+    /// Route from the root down to the node.
+    pub down: u64,
 }
 
 /// A router control message.
@@ -41,9 +53,11 @@ pub enum Control {
         /// the asker can cut out the hops where a record's label walks back along its own
         /// path ([`switch::Label::splice_unlooped`]).
         back: u64,
+        /// The responder's place in its spanning tree; the records' `coord`s are under its root.
+        coord: Option<Coord>,
         /// Closest known nodes, with labels from the responder.
         nodes: Vec<NodeRecord>,
-        /// Responder's signature over `txid`, `back` and `nodes`.
+        /// Responder's signature over everything above.
         sig: Signature,
     },
     /// Path probe.
@@ -71,8 +85,27 @@ pub enum Control {
         txid: u64,
         /// Who answers.
         responder: PublicKey,
-        /// Signature over `txid`.
+        /// The responder's place in its spanning tree.
+        coord: Option<Coord>,
+        /// Signature over `txid` and `coord`.
         sig: Signature,
+    },
+    /// Spanning-tree announcement to a direct peer (sent on link-up, when it changes, and
+    /// when the root's sequence number moves on): the sender's root and place in the tree.
+    Tree {
+        /// The root: the largest key the sender knows alive.
+        root: PublicKey,
+        /// The root's sequence number (it counts up every 2 s while the root lives).
+        seq: u64,
+        /// Hops from the sender to the root.
+        depth: u8,
+        /// Route from the sender up to the root.
+        up: u64,
+        /// Route from the root down to the sender.
+        down: u64,
+        /// The sender's director for the link this came over (so the receiver can extend
+        /// `down` to itself).
+        director: u16,
     },
 }
 
@@ -123,41 +156,63 @@ impl EndpointRecord {
     }
 }
 
-fn nodes_msg(txid: u64, back: u64, nodes: &[NodeRecord]) -> Vec<u8> {
+fn coord_bytes(m: &mut Vec<u8>, coord: &Option<Coord>) {
+    match coord {
+        Some(c) => {
+            m.push(1);
+            m.extend_from_slice(&c.root.0);
+            m.extend_from_slice(&c.down.to_le_bytes());
+        }
+        None => m.push(0),
+    }
+}
+
+fn nodes_msg(txid: u64, back: u64, coord: &Option<Coord>, nodes: &[NodeRecord]) -> Vec<u8> {
     let mut m = b"meshd-nodes".to_vec();
     m.extend_from_slice(&txid.to_le_bytes());
     m.extend_from_slice(&back.to_le_bytes());
+    coord_bytes(&mut m, coord);
     for n in nodes {
         m.extend_from_slice(&n.key.0);
         m.extend_from_slice(&n.label.to_le_bytes());
+        m.extend_from_slice(&n.coord.to_le_bytes());
     }
     m
 }
 
-fn pong_msg(txid: u64) -> Vec<u8> {
+fn pong_msg(txid: u64, coord: &Option<Coord>) -> Vec<u8> {
     let mut m = b"meshd-pong".to_vec();
     m.extend_from_slice(&txid.to_le_bytes());
+    coord_bytes(&mut m, coord);
     m
 }
 
 impl Control {
     /// A signed [`Control::Nodes`]; `back` is the responder's route to the asker.
-    pub fn nodes(id: &Identity, txid: u64, back: u64, nodes: Vec<NodeRecord>) -> Control {
-        let sig = id.sign(&nodes_msg(txid, back, &nodes));
+    pub fn nodes(
+        id: &Identity,
+        txid: u64,
+        back: u64,
+        coord: Option<Coord>,
+        nodes: Vec<NodeRecord>,
+    ) -> Control {
+        let sig = id.sign(&nodes_msg(txid, back, &coord, &nodes));
         Control::Nodes {
             txid,
             responder: id.public_key(),
             back,
+            coord,
             nodes,
             sig,
         }
     }
     /// A signed [`Control::Pong`].
-    pub fn pong(id: &Identity, txid: u64) -> Control {
+    pub fn pong(id: &Identity, txid: u64, coord: Option<Coord>) -> Control {
         Control::Pong {
             txid,
             responder: id.public_key(),
-            sig: id.sign(&pong_msg(txid)),
+            coord,
+            sig: id.sign(&pong_msg(txid, &coord)),
         }
     }
     /// Checks an answer's signature against the key we expected to answer.
@@ -167,20 +222,22 @@ impl Control {
                 txid,
                 responder,
                 back,
+                coord,
                 nodes,
                 sig,
             } => {
                 responder == expected
                     && nodes.len() <= MAX_RECORDS
                     && responder
-                        .verify(&nodes_msg(*txid, *back, nodes), sig)
+                        .verify(&nodes_msg(*txid, *back, coord, nodes), sig)
                         .is_ok()
             }
             Control::Pong {
                 txid,
                 responder,
+                coord,
                 sig,
-            } => responder == expected && responder.verify(&pong_msg(*txid), sig).is_ok(),
+            } => responder == expected && responder.verify(&pong_msg(*txid, coord), sig).is_ok(),
             _ => false,
         }
     }
@@ -276,9 +333,14 @@ mod tests {
             &a,
             42,
             0x21,
+            Some(Coord {
+                root: b.public_key(),
+                down: 0x31,
+            }),
             vec![NodeRecord {
                 key: b.public_key(),
                 label: 0x13,
+                coord: 0x41,
             }],
         );
         assert!(n.verify_answer(&a.public_key()));
@@ -292,41 +354,39 @@ mod tests {
             txid,
             responder,
             back,
-            mut nodes,
+            coord,
+            nodes,
             sig,
         } = n
         {
-            assert!(
-                !Control::Nodes {
-                    txid,
-                    responder,
-                    back: 0x23,
-                    nodes: nodes.clone(),
-                    sig
-                }
-                .verify_answer(&a.public_key()),
-                "tampered route back"
-            );
-            nodes[0].label = 0x15;
-            assert!(
+            let tampered = |back, coord, nodes| {
                 !Control::Nodes {
                     txid,
                     responder,
                     back,
+                    coord,
                     nodes,
-                    sig
+                    sig,
                 }
-                .verify_answer(&a.public_key()),
-                "tampered labels"
-            );
+                .verify_answer(&a.public_key())
+            };
+            assert!(tampered(0x23, coord, nodes.clone()), "route back");
+            assert!(tampered(back, None, nodes.clone()), "coordinate");
+            let mut n2 = nodes.clone();
+            n2[0].label = 0x15;
+            assert!(tampered(back, coord, n2), "labels");
+            let mut n3 = nodes;
+            n3[0].coord = 0x15;
+            assert!(tampered(back, coord, n3), "record coordinates");
         }
-        let p = Control::pong(&b, 7);
+        let p = Control::pong(&b, 7, None);
         assert!(p.verify_answer(&b.public_key()));
         if let Control::Pong { responder, sig, .. } = p {
             assert!(
                 !Control::Pong {
                     txid: 8,
                     responder,
+                    coord: None,
                     sig
                 }
                 .verify_answer(&b.public_key()),

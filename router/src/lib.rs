@@ -15,6 +15,7 @@ mod node;
 mod routing;
 mod session;
 pub mod table;
+pub mod tree;
 pub mod tunnel;
 pub mod wire;
 

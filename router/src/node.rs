@@ -241,6 +241,7 @@ pub struct Node {
     pub(crate) direct: BTreeMap<Address, crate::routing::Direct>,
     pub(crate) local_endpoints: Vec<SocketAddr>,
     pub(crate) record_seq: u64,
+    pub(crate) tree: crate::tree::Tree,
 }
 
 impl std::fmt::Debug for Node {
@@ -253,6 +254,7 @@ impl Node {
     /// A node with this identity; `seed` makes its choices (indices, lookup targets) repeatable.
     pub fn new(id: Identity, cfg: NodeConfig, seed: u64, now: Instant) -> Node {
         let hs_rate = cfg.handshake_rate;
+        let tree = crate::tree::Tree::new(id.public_key(), now);
         Node {
             table: RoutingTable::new(id.address(), 16),
             id,
@@ -289,6 +291,7 @@ impl Node {
             direct: BTreeMap::new(),
             local_endpoints: Vec::new(),
             record_seq: 0,
+            tree,
         }
     }
 
@@ -498,6 +501,9 @@ impl Node {
         self.tick_dials(now);
         self.tick_links(now);
         self.tick_routing(now);
+        if self.tree.tick(now) {
+            self.announce_tree(now, None);
+        }
         self.tick_sessions(now);
         let busy = !self.link_hs.is_empty()
             || !self.session_hs.is_empty()
@@ -936,6 +942,7 @@ impl Node {
         if self.next_self_lookup.is_none() {
             self.next_self_lookup = Some(now);
         }
+        self.announce_tree(now, Some(d));
         self.on_routes_changed(now, &[key.address()]);
     }
 
@@ -953,6 +960,7 @@ impl Node {
         let key = l.key;
         tracing::info!(peer = %key.address(), director = d, "link down");
         self.counters.links_down += 1;
+        self.tree.link_down(now, d);
         self.events.push_back(Event::LinkDown(key));
         let direct = Label::single(d).expect("director fits");
         self.table.unpin(&key.address(), direct, now);

@@ -12,7 +12,7 @@ use crypto::{Address, PublicKey};
 use rand::Rng;
 use switch::{FrameKind, Label};
 
-use crate::control::{Control, EndpointRecord, NodeRecord, MAX_RECORDS};
+use crate::control::{Control, Coord, EndpointRecord, NodeRecord, MAX_RECORDS};
 use crate::node::{Event, Node};
 
 /// Parallel queries per lookup.
@@ -306,6 +306,7 @@ impl Node {
                     return;
                 }
                 let asker_addr = asker.address();
+                let root = self.tree.root();
                 let nodes: Vec<NodeRecord> = self
                     .table
                     .closest(&target, ANSWER_RECORDS + 1)
@@ -315,11 +316,12 @@ impl Node {
                         Some(NodeRecord {
                             key: e.key,
                             label: e.best()?.label.0,
+                            coord: e.coord.filter(|c| c.root == root).map_or(0, |c| c.down),
                         })
                     })
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
                     .collect();
-                let answer = Control::nodes(&self.id, txid, reverse.0, nodes);
+                let answer = Control::nodes(&self.id, txid, reverse.0, self.tree.coord(), nodes);
                 self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
                 self.learn_of(now, asker, reverse);
             }
@@ -373,9 +375,38 @@ impl Node {
                 }
                 self.punch(now, &record);
             }
+            Control::Tree {
+                root,
+                seq,
+                depth,
+                up,
+                down,
+                director,
+            } => {
+                // Only from a direct peer: the frame came over one hop.
+                let Some(Ok((d, rest))) = reverse.pop() else {
+                    self.counters.drop_bad_control += 1;
+                    return;
+                };
+                let from_peer = rest == Label::SELF
+                    && self
+                        .links
+                        .get(d as usize)
+                        .and_then(|l| l.as_ref())
+                        .is_some_and(|l| l.up);
+                if !from_peer {
+                    self.counters.drop_bad_control += 1;
+                    return;
+                }
+                self.tree
+                    .heard(now, d, root, seq, depth, Label(up), Label(down), director);
+                if self.tree.take_dirty(now) {
+                    self.announce_tree(now, None);
+                }
+            }
             Control::Ping { txid, .. } => {
                 if reverse.is_valid() {
-                    let answer = Control::pong(&self.id, txid);
+                    let answer = Control::pong(&self.id, txid, self.tree.coord());
                     self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
                 }
             }
@@ -399,9 +430,16 @@ impl Node {
                 let in_use = self.sessions.contains_key(&addr) || self.lookups.contains_key(&addr);
                 self.table
                     .upsert(expected, q.path, Some(rtt), now, false, in_use);
+                let coord = match &msg {
+                    Control::Nodes { coord, .. } | Control::Pong { coord, .. } => *coord,
+                    _ => None,
+                };
+                if let Some(e) = self.table.get_mut(&addr) {
+                    e.coord = coord;
+                }
                 match (q.purpose, msg) {
                     (Purpose::Find(target), Control::Nodes { nodes, back, .. }) => {
-                        self.on_nodes(now, target, q, Label(back), nodes)
+                        self.on_nodes(now, target, q, Label(back), coord, nodes)
                     }
                     (Purpose::Admin(id) | Purpose::Trace(id), _) => {
                         self.events.push_back(Event::Ping {
@@ -444,8 +482,11 @@ impl Node {
         target: Address,
         q: Query,
         back: Label,
+        coord: Option<Coord>,
         nodes: Vec<NodeRecord>,
     ) {
+        // Records' tree places count only under our own root.
+        let root = coord.map(|c| c.root).filter(|r| *r == self.tree.root());
         let me = self.id.address();
         let Some(l) = self.lookups.get_mut(&target) else {
             return;
@@ -462,14 +503,26 @@ impl Node {
             if addr == me || !label.is_well_formed() {
                 continue;
             }
-            let Ok(spliced) = q.path.splice_unlooped(back, label) else {
+            // The tree route doesn't depend on who answered; the spliced one is the fallback.
+            let tree = root.and_then(|r| self.tree.route_to(&r, Label(rec.coord)));
+            let Some(spliced) = q.path.splice_unlooped(back, label).ok().or(tree) else {
                 continue;
+            };
+            let fresh = match tree {
+                Some(t) if t.hops() <= spliced.hops() => t,
+                _ => spliced,
             };
             // Prefer a path we already know works if it is no longer.
             let path = match self.table.get(&addr).and_then(|e| e.best()) {
-                Some(p) if p.label.hops() <= spliced.hops() => p.label,
-                _ => spliced,
+                Some(p) if p.label.hops() <= fresh.hops() => p.label,
+                _ => fresh,
             };
+            if addr == target
+                && fresh != spliced
+                && !l.target_paths.iter().any(|(_, p)| *p == fresh)
+            {
+                l.target_paths.push((rec.key, fresh));
+            }
             if addr == target
                 && !l.target_paths.iter().any(|(_, p)| *p == spliced)
                 && l.target_paths.len() < 6
@@ -507,6 +560,27 @@ impl Node {
         l.cands.sort_by_key(|c| c.addr.distance(&target));
         l.cands.truncate(MAX_CANDIDATES);
         self.step_lookup(now, target);
+    }
+
+    /// Tells peers our place in the spanning tree: the one on link `only`, or all.
+    pub(crate) fn announce_tree(&mut self, now: Instant, only: Option<switch::Director>) {
+        let up: Vec<switch::Director> = match only {
+            Some(d) => vec![d],
+            None => self
+                .links
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.as_ref().is_some_and(|l| l.up))
+                .map(|(d, _)| d as switch::Director)
+                .collect(),
+        };
+        for d in up {
+            let Ok(route) = Label::single(d) else {
+                continue;
+            };
+            let msg = self.tree.announcement(d).to_bytes();
+            self.send_frame(now, route, FrameKind::Router, &msg);
+        }
     }
 
     /// Our signed endpoint record: where our peers see us, and our own listen addresses.

@@ -16,10 +16,13 @@ use crate::wire::{self, msg_type, TunnelMsg, DATA_HEADER_LEN};
 
 /// Packets held per destination while its lookup or handshake runs.
 pub const QUEUE_LIMIT: usize = 64;
-/// A session handshake is retried this often...
-const HANDSHAKE_RETRY: Duration = Duration::from_millis(1000);
-/// ...this many times before the destination counts as unreachable.
-const HANDSHAKE_ATTEMPTS: u32 = 4;
+/// A session handshake is retried after 250 ms, 500 ms, then every second (one lost packet
+/// must not stall a new flow for a whole second)...
+fn handshake_retry(attempts: u32) -> Duration {
+    Duration::from_millis(250 << attempts.saturating_sub(1).min(2))
+}
+/// ...this many times (about 4.75 s) before the destination counts as unreachable.
+const HANDSHAKE_ATTEMPTS: u32 = 6;
 /// A reply path learned from incoming packets is preferred while this fresh.
 const RX_PATH_FRESH: Duration = Duration::from_millis(1500);
 /// Sessions idle this long are dropped.
@@ -225,7 +228,7 @@ impl Node {
             return;
         };
         if s.hs_started
-            .is_some_and(|t| now.saturating_duration_since(t) < HANDSHAKE_RETRY)
+            .is_some_and(|t| now.saturating_duration_since(t) < handshake_retry(s.hs_attempts))
         {
             return;
         }
@@ -555,7 +558,7 @@ impl Node {
             }
             // Handshake retries, then give up.
             if let Some(t) = s.hs_started {
-                if now.saturating_duration_since(t) >= HANDSHAKE_RETRY {
+                if now.saturating_duration_since(t) >= handshake_retry(s.hs_attempts) {
                     if s.hs_attempts >= HANDSHAKE_ATTEMPTS {
                         self.unreachable(addr);
                     } else {

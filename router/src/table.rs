@@ -45,6 +45,8 @@ pub struct Entry {
     pub last_seen: Instant,
     /// Direct peers are never evicted.
     pub pinned: bool,
+    /// Its place in the spanning tree, as it (or someone who knew it) told us.
+    pub coord: Option<crate::control::Coord>,
 }
 
 impl Entry {
@@ -138,12 +140,30 @@ impl RoutingTable {
             Some(i) => &mut bucket[i],
             None => {
                 if bucket.len() >= k {
-                    match bucket.iter().position(|e| Self::evictable(e, now)) {
-                        Some(i) if !pinned || bucket.len() >= k => {
+                    // A dead entry goes first; else (proximity neighbour selection) the entry
+                    // with the longest path, if the new one is shorter: any node of a bucket
+                    // serves a lookup equally well, and short paths in our table make short
+                    // labels in our answers, so paths found by lookups stay short.
+                    let farthest = || {
+                        bucket
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, e)| !e.pinned)
+                            .filter_map(|(i, e)| Some((i, e.best()?.label.hops())))
+                            .max_by_key(|&(_, h)| h)
+                            .filter(|&(_, h)| h > label.hops())
+                            .map(|(i, _)| i)
+                    };
+                    match bucket
+                        .iter()
+                        .position(|e| Self::evictable(e, now))
+                        .or_else(farthest)
+                    {
+                        Some(i) => {
                             bucket.swap_remove(i);
                         }
-                        _ if pinned || in_use => {}
-                        _ => return false,
+                        None if pinned || in_use => {}
+                        None => return false,
                     }
                 }
                 bucket.push(Entry {
@@ -152,6 +172,7 @@ impl RoutingTable {
                     paths: Vec::new(),
                     last_seen: now,
                     pinned,
+                    coord: None,
                 });
                 bucket.last_mut().expect("just pushed")
             }

@@ -88,6 +88,17 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let c = Cli::parse();
+    // SIM_LOG=debug shows the nodes' own logs (e.g. why a lookup failed), on stderr.
+    if let Some(level) = std::env::var("SIM_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<tracing::Level>().ok())
+    {
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let topology = match c.gml {
         Some(f) => Topology::Gml(f),
         None => Topology::Synthetic(c.topology),
