@@ -234,6 +234,11 @@ pub struct Node {
     pub(crate) self_lookups: u32,
     pub(crate) next_self_lookup: Option<Instant>,
     pub(crate) next_refresh: Instant,
+    /// Gap to the next bucket refresh: 10 s after a link change, doubling to 160 s while
+    /// nothing changes (refresh lookups were most of an idle node's traffic).
+    pub(crate) refresh_gap: Duration,
+    /// When the routing table is next aged (once a second is plenty; it walks every entry).
+    pub(crate) next_expire: Instant,
     pub(crate) counters: Counters,
     pub(crate) scratch: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
@@ -284,6 +289,8 @@ impl Node {
             self_lookups: 0,
             next_self_lookup: None,
             next_refresh: now,
+            refresh_gap: Duration::from_secs(10),
+            next_expire: now,
             counters: Counters::default(),
             scratch: vec![0u8; 65536],
             pending_lookup_steps: Vec::new(),
@@ -943,6 +950,7 @@ impl Node {
             self.next_self_lookup = Some(now);
         }
         self.announce_tree(now, Some(d));
+        self.refresh_gap = Duration::from_secs(10);
         self.on_routes_changed(now, &[key.address()]);
     }
 
@@ -961,6 +969,7 @@ impl Node {
         tracing::info!(peer = %key.address(), director = d, "link down");
         self.counters.links_down += 1;
         self.tree.link_down(now, d);
+        self.refresh_gap = Duration::from_secs(10);
         self.events.push_back(Event::LinkDown(key));
         let direct = Label::single(d).expect("director fits");
         self.table.unpin(&key.address(), direct, now);

@@ -807,7 +807,8 @@ impl Node {
             }
         }
         if now >= self.next_refresh && self.links.iter().flatten().any(|l| l.up) {
-            self.next_refresh = now + Duration::from_secs(10);
+            self.next_refresh = now + self.refresh_gap;
+            self.refresh_gap = (self.refresh_gap * 2).min(Duration::from_secs(160));
             let depth = self.table.depth() + 1;
             let sparse: Vec<usize> = (0..depth.min(127))
                 .filter(|&b| self.table.bucket_len(b) < 4)
@@ -818,8 +819,11 @@ impl Node {
                 self.start_lookup(now, target, None);
             }
         }
-        let sessions = &self.sessions;
-        self.table.expire(now, |a| sessions.contains_key(a));
+        if now >= self.next_expire {
+            self.next_expire = now + Duration::from_secs(1);
+            let sessions = &self.sessions;
+            self.table.expire(now, |a| sessions.contains_key(a));
+        }
     }
 
     /// Pings `addr` through the mesh (looking it up first if needed). The answer comes as
