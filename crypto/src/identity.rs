@@ -66,7 +66,9 @@ impl PublicKey {
     /// Checks that this is a valid ed25519 point whose address is in fc00::/8; what every key
     /// arriving from the network must pass.
     pub fn validate(&self) -> Result<Address, KeyError> {
-        VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::BadPoint)?;
+        if !crate::simulated::signatures() {
+            VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::BadPoint)?;
+        }
         let a = self.address();
         if a.0[0] != 0xfc {
             return Err(KeyError::NotMeshAddress);
@@ -82,6 +84,11 @@ impl PublicKey {
 
     /// Verifies an ed25519 signature made by this key over `msg`.
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), KeyError> {
+        if crate::simulated::signatures() {
+            return (crate::simulated::sign(self, msg) == *sig)
+                .then_some(())
+                .ok_or(KeyError::BadSignature);
+        }
         let vk = VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::BadPoint)?;
         let s = ed25519_dalek::Signature::from_bytes(&sig.0);
         vk.verify(msg, &s).map_err(|_| KeyError::BadSignature)
@@ -206,6 +213,9 @@ impl Identity {
     }
     /// Signs `msg`.
     pub fn sign(&self, msg: &[u8]) -> Signature {
+        if crate::simulated::signatures() {
+            return crate::simulated::sign(&self.public_key(), msg);
+        }
         Signature(self.signing.sign(msg).to_bytes())
     }
 }

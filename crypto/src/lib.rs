@@ -10,6 +10,7 @@
 mod identity;
 pub mod noise;
 mod replay;
+pub mod simulated;
 
 pub use identity::{Address, Identity, KeyError, PublicKey, Signature};
 pub use replay::ReplayWindow;

@@ -216,6 +216,8 @@ pub struct Summary {
     pub trace_hash: String,
     /// The nodes' counters summed over running nodes (`router::Counters` fields).
     pub node_counters: std::collections::BTreeMap<String, u64>,
+    /// "ed25519", or "simulated" (a keyed hash in their place, `crypto::simulated`).
+    pub signatures: String,
 }
 
 /// A CSV series file and its plot.
@@ -446,6 +448,11 @@ impl Run {
             events: s.events,
             drops: [s.drop_loss, s.drop_mtu, s.drop_link, s.drop_dead],
             trace_hash: format!("{:016x}", self.sim.trace_hash()),
+            signatures: if crypto::simulated::signatures() {
+                "simulated".into()
+            } else {
+                "ed25519".into()
+            },
             node_counters: self.sim.counter_totals(),
         }
     }
