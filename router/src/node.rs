@@ -306,6 +306,10 @@ impl Node {
     pub fn identity(&self) -> &Identity {
         &self.id
     }
+    /// This node's view of the spanning tree (root, parent, coordinates).
+    pub fn tree(&self) -> &crate::tree::Tree {
+        &self.tree
+    }
     /// This node's address.
     pub fn address(&self) -> Address {
         self.id.address()

@@ -634,3 +634,79 @@ fn reordering_and_loss_are_survived() {
     let downs: u64 = net.nodes.iter().map(|n| n.counters().links_down).sum();
     assert_eq!(downs, 0, "links flapped under reordering");
 }
+
+/// A 4x4 grid: every node agrees on the largest key as root and reaches every other node over
+/// tree routes no longer than twice the grid distance; when the root's links are cut
+/// silently, the others agree on the next largest key within the root timeout and still
+/// reach each other.
+#[test]
+fn grid_agrees_on_a_root_and_survives_losing_it() {
+    let side = 4;
+    let n = side * side;
+    let mut net = Net::new(n, 21, |_| NodeConfig::default());
+    for r in 0..side {
+        for c in 0..side {
+            let i = r * side + c;
+            if c + 1 < side {
+                net.connect(i, i + 1, false);
+            }
+            if r + 1 < side {
+                net.connect(i, i + side, false);
+            }
+        }
+    }
+    net.run_for(Duration::from_secs(5));
+    let keys: Vec<_> = net
+        .nodes
+        .iter()
+        .map(|x| x.identity().public_key())
+        .collect();
+    let root = (0..n).max_by_key(|&i| keys[i]).unwrap();
+    for (i, x) in net.nodes.iter().enumerate() {
+        assert_eq!(
+            x.tree().root(),
+            keys[root],
+            "node {i} follows the largest key"
+        );
+    }
+    let dist = |a: usize, b: usize| (a / side).abs_diff(b / side) + (a % side).abs_diff(b % side);
+    let mut seq = 0u16;
+    let check_all = |net: &mut Net, seq: &mut u16, skip: Option<usize>| {
+        let from = if skip == Some(0) { 1 } else { 0 };
+        let mut sent = Vec::new();
+        for to in (0..n).filter(|&t| t != from && Some(t) != skip) {
+            *seq += 1;
+            net.ping(from, to, *seq);
+            sent.push((to, *seq));
+        }
+        net.run_for(Duration::from_secs(3));
+        for (to, s) in sent {
+            assert!(net.received(to, s).is_some(), "{from} -> {to}");
+            let hops = net.nodes[from]
+                .path_to(&net.nodes[to].address())
+                .map(|l| l.hops())
+                .unwrap_or(usize::MAX);
+            assert!(hops <= 2 * dist(from, to), "{from} -> {to}: {hops} hops");
+        }
+    };
+    check_all(&mut net, &mut seq, None);
+    // The root goes silent on every link.
+    for j in 0..n {
+        if dist(root, j) == 1 {
+            net.cut.insert(key(root, j));
+        }
+    }
+    net.run_for(Duration::from_secs(10));
+    let next = (0..n)
+        .filter(|&i| i != root)
+        .max_by_key(|&i| keys[i])
+        .unwrap();
+    for (i, x) in net.nodes.iter().enumerate().filter(|(i, _)| *i != root) {
+        assert_eq!(
+            x.tree().root(),
+            keys[next],
+            "node {i} moved to the next largest key"
+        );
+    }
+    check_all(&mut net, &mut seq, Some(root));
+}
