@@ -512,8 +512,12 @@ impl Node {
         self.tick_dials(now);
         self.tick_links(now);
         self.tick_routing(now);
+        let before = self.tree.coord();
         if self.tree.tick(now) {
             self.announce_tree(now, None);
+        }
+        if self.tree.coord() != before {
+            self.on_tree_moved(now);
         }
         self.tick_sessions(now);
         let busy = !self.link_hs.is_empty()
@@ -972,7 +976,14 @@ impl Node {
         let key = l.key;
         tracing::info!(peer = %key.address(), director = d, "link down");
         self.counters.links_down += 1;
+        let before = self.tree.coord();
         self.tree.link_down(now, d);
+        if self.tree.take_dirty(now) {
+            self.announce_tree(now, None);
+        }
+        if self.tree.coord() != before {
+            self.on_tree_moved(now);
+        }
         self.refresh_gap = Duration::from_secs(10);
         self.events.push_back(Event::LinkDown(key));
         let direct = Label::single(d).expect("director fits");

@@ -398,10 +398,14 @@ impl Node {
                     self.counters.drop_bad_control += 1;
                     return;
                 }
+                let before = self.tree.coord();
                 self.tree
                     .heard(now, d, root, seq, depth, Label(up), Label(down), director);
                 if self.tree.take_dirty(now) {
                     self.announce_tree(now, None);
+                }
+                if self.tree.coord() != before {
+                    self.on_tree_moved(now);
                 }
             }
             Control::Ping { txid, .. } => {
@@ -434,8 +438,12 @@ impl Node {
                     Control::Nodes { coord, .. } | Control::Pong { coord, .. } => *coord,
                     _ => None,
                 };
-                if let Some(e) = self.table.get_mut(&addr) {
-                    e.coord = coord;
+                let moved = match self.table.get_mut(&addr) {
+                    Some(e) => std::mem::replace(&mut e.coord, coord) != coord,
+                    None => false,
+                };
+                if moved && self.sessions.contains_key(&addr) {
+                    self.probe_tree_route(now, addr);
                 }
                 match (q.purpose, msg) {
                     (Purpose::Find(target), Control::Nodes { nodes, back, .. }) => {
@@ -704,8 +712,39 @@ impl Node {
         self.local_endpoints = eps;
     }
 
+    /// Probes the tree route to `addr` from its last known coordinate, unless it is a path we
+    /// already hold working or one being probed: after links move, the tree gives the new
+    /// way at once, without a lookup. Verified by the answer like any other path.
+    pub(crate) fn probe_tree_route(&mut self, now: Instant, addr: Address) {
+        let Some(e) = self.table.get(&addr) else {
+            return;
+        };
+        let Some(c) = e.coord else { return };
+        let Some(route) = self.tree.route_to(&c.root, Label(c.down)) else {
+            return;
+        };
+        if e.paths
+            .iter()
+            .any(|p| p.label == route && p.failed_at.is_none())
+            || self.queries.values().any(|q| q.path == route)
+        {
+            return;
+        }
+        let key = e.key;
+        self.send_query(now, key, route, Purpose::Probe);
+    }
+
+    /// Our place in the tree moved: routes to the destinations in use may have too.
+    pub(crate) fn on_tree_moved(&mut self, now: Instant) {
+        let addrs: Vec<Address> = self.sessions.keys().copied().collect();
+        for a in addrs {
+            self.probe_tree_route(now, a);
+        }
+    }
+
     /// Probes every known path to `addr` (for busy sessions).
     pub(crate) fn probe_paths(&mut self, now: Instant, addr: Address) {
+        self.probe_tree_route(now, addr);
         let Some(e) = self.table.get(&addr) else {
             return;
         };
