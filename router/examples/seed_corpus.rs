@@ -79,6 +79,7 @@ fn main() {
             txid: 1,
             target: ids[2].address(),
             asker: ids[0].public_key(),
+            coord: None,
         },
         Control::nodes(
             &ids[1],

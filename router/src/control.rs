@@ -42,6 +42,9 @@ pub enum Control {
         target: Address,
         /// Who asks (so the responder may learn of it).
         asker: PublicKey,
+        /// The asker's place in its spanning tree: a hint (unsigned), on which the responder
+        /// re-checks the asker with a ping when what it holds differs.
+        coord: Option<Coord>,
     },
     /// Answer to [`Control::FindNode`].
     Nodes {

@@ -239,6 +239,8 @@ pub struct Node {
     pub(crate) refresh_gap: Duration,
     /// When the routing table is next aged (once a second is plenty; it walks every entry).
     pub(crate) next_expire: Instant,
+    /// When a tree move last brought a self-lookup forward.
+    pub(crate) last_tree_lookup: Option<Instant>,
     pub(crate) counters: Counters,
     pub(crate) scratch: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
@@ -291,6 +293,7 @@ impl Node {
             next_refresh: now,
             refresh_gap: Duration::from_secs(10),
             next_expire: now,
+            last_tree_lookup: None,
             counters: Counters::default(),
             scratch: vec![0u8; 65536],
             pending_lookup_steps: Vec::new(),

@@ -151,6 +151,7 @@ impl Node {
                 txid,
                 target,
                 asker: self.id.public_key(),
+                coord: self.tree.coord(),
             },
             _ => Control::Ping {
                 txid,
@@ -301,6 +302,7 @@ impl Node {
                 txid,
                 target,
                 asker,
+                coord,
             } => {
                 if !reverse.is_valid() {
                     return;
@@ -323,7 +325,7 @@ impl Node {
                     .collect();
                 let answer = Control::nodes(&self.id, txid, reverse.0, self.tree.coord(), nodes);
                 self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
-                self.learn_of(now, asker, reverse);
+                self.learn_of(now, asker, reverse, coord);
             }
             Control::Rendezvous { record } => {
                 if !record.verify() || record.key == self.id.public_key() || !reverse.is_valid() {
@@ -464,12 +466,20 @@ impl Node {
 
     /// A node asked us something: if its bucket has room, check the path back to it with a
     /// signed ping before it enters the table.
-    fn learn_of(&mut self, now: Instant, key: PublicKey, reverse: Label) {
+    /// Also re-checks a node we hold whose tree place `coord` (its own unsigned claim)
+    /// differs from what we hold: its signed pong brings the new one, so the coordinates the
+    /// DHT hands out follow the tree when it moves.
+    fn learn_of(&mut self, now: Instant, key: PublicKey, reverse: Label, coord: Option<Coord>) {
         let addr = key.address();
+        let moved = self
+            .table
+            .get(&addr)
+            .is_some_and(|e| e.key == key && coord.is_some() && e.coord != coord);
         if addr == self.id.address()
-            || key.validate().is_err()
-            || self.table.get(&addr).is_some()
-            || !self.table.has_room_for(&addr, now)
+            || (!moved
+                && (self.table.get(&addr).is_some()
+                    || key.validate().is_err()
+                    || !self.table.has_room_for(&addr, now)))
         {
             return;
         }
@@ -734,8 +744,21 @@ impl Node {
         self.send_query(now, key, route, Purpose::Probe);
     }
 
-    /// Our place in the tree moved: routes to the destinations in use may have too.
+    /// Our place in the tree moved: routes to the destinations in use may have too, and the
+    /// nodes closest to us (who hand out our coordinate) should hear the new one: look
+    /// ourselves up soon (at most every 2 s for this reason).
     pub(crate) fn on_tree_moved(&mut self, now: Instant) {
+        if self.next_self_lookup.is_some() {
+            let soon = now + Duration::from_millis(500);
+            if self.next_self_lookup.is_some_and(|t| t > soon)
+                && self
+                    .last_tree_lookup
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(2))
+            {
+                self.last_tree_lookup = Some(now);
+                self.next_self_lookup = Some(soon);
+            }
+        }
         let addrs: Vec<Address> = self.sessions.keys().copied().collect();
         for a in addrs {
             self.probe_tree_route(now, a);

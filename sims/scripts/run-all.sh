@@ -39,3 +39,11 @@ done
 run churn-ba-100 churn --topology ba --nodes 100 --seed 1 --duration 60
 run mobility-100 mobility --nodes 100 --seed 1 --duration 60
 run cost-ba-1000 cost --topology ba --nodes 1000 --seed 1 --warmup 60
+# 10,000 nodes (about 4 minutes each on this machine): SKIP_BIG=1 leaves them out.
+if [ -z "${SKIP_BIG:-}" ]; then
+  for k in ba geometric grid line ring; do
+    run reach-$k-10000 reach --topology $k --nodes 10000 --seed 1
+  done
+  run fail-ba-10000 fail --topology ba --nodes 10000 --seed 1 --duration 20
+fi
+

@@ -794,36 +794,7 @@ fn reach(p: &Params, cost_run: bool) -> anyhow::Result<Report> {
         &mut sp,
         Duration::from_secs(15),
     );
-    if std::env::var_os("SIM_DEBUG").is_some() {
-        for (i, sc) in scored.iter().enumerate() {
-            if sc.ok {
-                continue;
-            }
-            let pr = &r.sim.probes[first_probe + i];
-            let dst_addr = r.sim.nodes[pr.dst as usize].as_ref().map(|n| n.address());
-            let Some(dst_addr) = dst_addr else { continue };
-            let src = r.sim.nodes[pr.src as usize].as_ref().unwrap();
-            let sess = src.sessions().into_iter().find(|s| s.address == dst_addr);
-            let known_by = r
-                .sim
-                .nodes
-                .iter()
-                .flatten()
-                .filter(|n| n.path_to(&dst_addr).is_some())
-                .count();
-            eprintln!(
-                "FAIL {:?} {}->{} shortest {:?} arrived {:?} table_path {:?} session {:?} known_by {}",
-                &dst_addr.0[..3],
-                pr.src,
-                pr.dst,
-                sp.hops(pr.src, pr.dst),
-                pr.arrived.is_some(),
-                src.path_to(&dst_addr).map(|l| l.hops()),
-                sess.map(|s| (s.established, s.path.map(|l| l.hops()), s.queued)),
-                known_by
-            );
-        }
-    }
+    explain_failures(&r.sim, &scored, first_probe, &mut sp);
     let mut s = r.summary(&scored, cost);
     if cost_run {
         s.memory_bytes_per_node = rss0
@@ -866,6 +837,52 @@ fn reach(p: &Params, cost_run: bool) -> anyhow::Result<Report> {
 }
 
 /// Continuous flows: every `every` s each flow sends one probe.
+/// With `SIM_DEBUG` set: one line on stderr per failed probe (scored from probe `first`
+/// on), with what the source knew of the destination, to tell why.
+fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortest) {
+    if std::env::var_os("SIM_DEBUG").is_none() {
+        return;
+    }
+    for (i, sc) in scored
+        .iter()
+        .enumerate()
+        .filter(|(_, sc)| !sc.ok && sc.connected)
+    {
+        let pr = &sim.probes[first + i];
+        let (Some(src), Some(dst)) = (
+            sim.nodes[pr.src as usize].as_ref(),
+            sim.nodes[pr.dst as usize].as_ref(),
+        ) else {
+            continue;
+        };
+        let addr = dst.address();
+        let session = src.sessions().into_iter().find(|s| s.address == addr);
+        let coord = dst.tree().coord();
+        let tree_route = coord.and_then(|c| src.tree().route_to(&c.root, router::Label(c.down)));
+        let entry = src.routes().find(|e| e.addr == addr);
+        eprintln!(
+            "FAIL t={:.1} {}->{} shortest {:?} arrived {} session {:?} paths {:?} \
+             same_root {} depths {}/{} tree_route {:?} entry_coord_current {:?}",
+            sc.sent_s,
+            pr.src,
+            pr.dst,
+            sp.hops(pr.src, pr.dst),
+            pr.arrived.is_some(),
+            session.map(|s| (s.established, s.path.map(|l| l.hops()), s.queued)),
+            entry.map(|e| e
+                .paths
+                .iter()
+                .map(|p| (p.label.hops(), p.failed_at.is_some()))
+                .collect::<Vec<_>>()),
+            src.tree().root() == dst.tree().root(),
+            src.tree().depth(),
+            dst.tree().depth(),
+            tree_route.map(|l| l.hops()),
+            entry.map(|e| e.coord == coord),
+        );
+    }
+}
+
 fn send_flows(r: &mut Run, flows: &[(u32, u32)]) {
     for &(a, b) in flows {
         if r.sim.alive(a) && r.sim.alive(b) {
@@ -929,6 +946,7 @@ fn fail(p: &Params) -> anyhow::Result<Report> {
     let deadline = Duration::from_secs(2);
     let mut scored = score(&r.sim, first..pre_end, &mut sp_pre, deadline);
     let post = score(&r.sim, pre_end..post_end, &mut sp_post, deadline);
+    explain_failures(&r.sim, &post, pre_end, &mut sp_post);
     scored.extend(post.iter().cloned());
     let bin = 0.5;
     let series = success_series(&scored, bin, t_fail);
