@@ -18,7 +18,7 @@ use crate::node::{Event, Node};
 /// Parallel queries per lookup.
 const ALPHA: usize = 3;
 /// How many closest nodes a lookup must have heard from.
-const K: usize = 8;
+const K: usize = 12;
 /// Records in an answer.
 const ANSWER_RECORDS: usize = 8;
 /// A query unanswered this long is failed.
@@ -400,6 +400,11 @@ impl Node {
                     self.counters.drop_bad_control += 1;
                     return;
                 }
+                // A direct peer's place is what it says here: the DHT hands it out from us.
+                let peer = self.links[d as usize].as_ref().map(|l| l.key);
+                if let Some(e) = peer.and_then(|k| self.table.get_mut(&k.address())) {
+                    e.coord = Label(down).is_valid().then_some(Coord { root, down });
+                }
                 let before = self.tree.coord();
                 self.tree
                     .heard(now, d, root, seq, depth, Label(up), Label(down), director);
@@ -535,6 +540,15 @@ impl Node {
             // The tree route doesn't depend on who answered; the spliced one is the fallback.
             let tree = root.and_then(|r| self.tree.route_to(&r, Label(rec.coord)));
             let Some(spliced) = q.path.splice_unlooped(back, label).ok().or(tree) else {
+                tracing::trace!(
+                    %target,
+                    record = %addr,
+                    path_hops = q.path.hops(),
+                    label_hops = label.hops(),
+                    has_coord = rec.coord != 0,
+                    same_root = root.is_some(),
+                    "record unusable: label overflows and no tree route"
+                );
                 continue;
             };
             let fresh = match tree {
@@ -883,7 +897,8 @@ impl Node {
             self.next_refresh = now + self.refresh_gap;
             self.refresh_gap = (self.refresh_gap * 2).min(Duration::from_secs(160));
             let depth = self.table.depth() + 1;
-            let sparse: Vec<usize> = (0..depth.min(127))
+            // Every address shares the first 8 bits (fc00::/8): buckets 0-7 stay empty.
+            let sparse: Vec<usize> = (8..depth.clamp(9, 127))
                 .filter(|&b| self.table.bucket_len(b) < 4)
                 .collect();
             if !sparse.is_empty() {

@@ -116,22 +116,30 @@ impl Tree {
         self.parent
     }
 
-    /// The tree route from us to the node whose route from `root` is `down`, if we are under
-    /// the same root: up to the last node both routes share, then down.
+    /// The shortest route we can build to the node whose route from `root` is `down`, if we
+    /// are under the same root: the tree route from us (up to the last node both routes
+    /// share, then down), or through one of our peers, from its own place in the tree (one
+    /// hop of look-ahead: a peer on another branch is often a shortcut in a physical mesh).
     pub fn route_to(&self, root: &PublicKey, down: Label) -> Option<Label> {
-        if *root != self.root || !self.down.is_valid() || !down.is_well_formed() {
+        if *root != self.root
+            || !self.down.is_valid()
+            || !down.is_well_formed()
+            || down == self.down
+        {
             return None;
         }
-        let shared = self
-            .down
-            .directors()
-            .zip(down.directors())
-            .take_while(|(a, b)| a == b)
-            .count();
-        let climb = self.up.prefix(self.depth as usize - shared);
-        let descend = down.strip_prefix(down.prefix(shared))?;
-        let route = climb.splice(descend).ok()?;
-        (route != Label::SELF).then_some(route)
+        let mine = tree_route(self.up, self.down, self.depth, down).filter(|r| *r != Label::SELF);
+        let via_peers = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.root == *root)
+            .filter_map(|(&d, p)| {
+                let rest = tree_route(p.up, p.down, p.depth, down)?;
+                Label::single(d).ok()?.splice(rest).ok()
+            });
+        mine.into_iter()
+            .chain(via_peers)
+            .min_by_key(|r| (r.hops(), r.bit_len()))
     }
 
     /// A peer's announcement over link `d`.
@@ -325,6 +333,23 @@ impl Tree {
         self.down = Label::SELF;
         self.seq = self.own_seq;
     }
+}
+
+/// The route through the tree from the node at (`up`, `down`, `depth`) to the node at
+/// `target` (a route from the root): climb to the last node both routes from the root share,
+/// then descend. [`Label::SELF`] when they are the same node.
+fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Label> {
+    if !up.is_valid() || !down.is_valid() || up.hops() != depth as usize {
+        return None;
+    }
+    let shared = down
+        .directors()
+        .zip(target.directors())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let climb = up.prefix(depth as usize - shared.min(depth as usize));
+    let descend = target.strip_prefix(target.prefix(shared))?;
+    climb.splice(descend).ok()
 }
 
 #[cfg(test)]

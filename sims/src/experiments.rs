@@ -860,9 +860,33 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
         let coord = dst.tree().coord();
         let tree_route = coord.and_then(|c| src.tree().route_to(&c.root, router::Label(c.down)));
         let entry = src.routes().find(|e| e.addr == addr);
+        let held: Vec<bool> = sim
+            .nodes
+            .iter()
+            .flatten()
+            .filter_map(|n| n.routes().find(|e| e.addr == addr))
+            .map(|e| e.best().is_some())
+            .collect();
+        let mut nearest: Vec<(u32, bool)> = sim
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|n| n.address() != addr)
+            .map(|n| {
+                (
+                    n.address().common_prefix_len(&addr),
+                    n.routes().any(|e| e.addr == addr && e.best().is_some()),
+                )
+            })
+            .collect();
+        nearest.sort_by(|a, b| b.cmp(a));
+        nearest.truncate(6);
+        eprintln!("  nearest to target by XOR (common prefix, holds it): {nearest:?}");
         eprintln!(
-            "FAIL t={:.1} {}->{} shortest {:?} arrived {} session {:?} paths {:?} \
-             same_root {} depths {}/{} tree_route {:?} entry_coord_current {:?}",
+            "FAIL {} t={:.1} {}->{} shortest {:?} arrived {} session {:?} paths {:?} \
+             same_root {} depths {}/{} tree_route {:?} entry_coord_current {:?} \
+             held_by {} working {}",
+            addr,
             sc.sent_s,
             pr.src,
             pr.dst,
@@ -879,6 +903,8 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
             dst.tree().depth(),
             tree_route.map(|l| l.hops()),
             entry.map(|e| e.coord == coord),
+            held.len(),
+            held.iter().filter(|w| **w).count(),
         );
     }
 }
