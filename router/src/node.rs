@@ -295,7 +295,7 @@ impl Node {
             next_expire: now,
             last_tree_lookup: None,
             counters: Counters::default(),
-            scratch: vec![0u8; 65536],
+            scratch: Vec::new(),
             pending_lookup_steps: Vec::new(),
             pending_pings: Vec::new(),
             direct: BTreeMap::new(),
@@ -1023,6 +1023,11 @@ impl Node {
             return;
         };
         let mut plain = std::mem::take(&mut self.scratch);
+        // Grown to the largest datagram seen, not allocated up front: 10,000 simulated nodes
+        // each holding 64 KiB they never use was most of a simulation's memory.
+        if plain.len() < ct.len() {
+            plain.resize(ct.len().max(2048), 0);
+        }
         let l = self.links[d as usize]
             .as_mut()
             .expect("indexed link exists");
