@@ -1175,7 +1175,9 @@ fn mobility(p: &Params) -> anyhow::Result<Report> {
     r.pb.finish_and_clear();
     let mut scored = Vec::new();
     for (a, b, mut sp) in spans {
-        scored.extend(score(&r.sim, a..b, &mut sp, Duration::from_secs(3)));
+        let part = score(&r.sim, a..b, &mut sp, Duration::from_secs(3));
+        explain_failures(&r.sim, &part, a, &mut sp);
+        scored.extend(part);
     }
     let mut s = r.summary(&scored, cost);
     s.topology = format!("mobile-{}", r.graph.name);
