@@ -29,12 +29,14 @@ pub enum LabelError {
 ///
 /// | low bits | width | directors |
 /// |---|---|---|
-/// | `…xxx0` | 4 | 0–7 |
-/// | `…xxxxxx01` | 8 | 8–71 |
-/// | `…xxxxxxxxxx11` | 12 | 72–1095 |
+/// | `…x0` | 2 | 0–1 |
+/// | `…xx01` | 4 | 2–5 |
+/// | `…x011` | 4 | 6–7 |
+/// | `…xxxxxx0111` | 10 | 8–71 |
+/// | `…xxxxxxxxxx1111` | 14 | 72–1095 |
 ///
-/// So 15 hops through nodes with ≤ 8 links take 60 bits, and a node with a thousand peers
-/// is still routable.
+/// So 15 hops through nodes with ≤ 8 links always fit, 31 through nodes with 2 (a line, the
+/// sparse parts of real networks), and a node with a thousand peers is still routable.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label(pub u64);
 
@@ -49,17 +51,36 @@ impl fmt::Display for Label {
     }
 }
 
-/// Encodes a director as (code bits, width).
+/// Encodes a director as (code bits, width). Low bits first (see [`Label`]).
 fn encode(d: Director) -> Result<(u64, u32), LabelError> {
     let d = d as u64;
-    if d < 8 {
-        Ok((d << 1, 4))
+    if d < 2 {
+        Ok((d << 1, 2))
+    } else if d < 6 {
+        Ok((((d - 2) << 2) | 0b01, 4))
+    } else if d < 8 {
+        Ok((((d - 6) << 3) | 0b011, 4))
     } else if d < 72 {
-        Ok((((d - 8) << 2) | 0b01, 8))
+        Ok((((d - 8) << 4) | 0b0111, 10))
     } else if d <= MAX_DIRECTOR as u64 {
-        Ok((((d - 72) << 2) | 0b11, 12))
+        Ok((((d - 72) << 4) | 0b1111, 14))
     } else {
         Err(LabelError::Director(d as u32))
+    }
+}
+
+/// Decodes the director at the low end of `v`: (director, width).
+fn decode(v: u64) -> (u64, u32) {
+    if v & 1 == 0 {
+        ((v >> 1) & 1, 2)
+    } else if v & 0b10 == 0 {
+        (2 + ((v >> 2) & 0b11), 4)
+    } else if v & 0b100 == 0 {
+        (6 + ((v >> 3) & 1), 4)
+    } else if v & 0b1000 == 0 {
+        (8 + ((v >> 4) & 0x3f), 10)
+    } else {
+        (72 + ((v >> 4) & 0x3ff), 14)
     }
 }
 
@@ -113,13 +134,7 @@ impl Label {
         }
         let avail = self.bit_len();
         let v = self.0;
-        let (d, width) = if v & 1 == 0 {
-            ((v >> 1) & 0x7, 4)
-        } else if v & 0b10 == 0 {
-            (8 + ((v >> 2) & 0x3f), 8)
-        } else {
-            (72 + ((v >> 2) & 0x3ff), 12)
-        };
+        let (d, width) = decode(v);
         if width > avail {
             return Some(Err(LabelError::Malformed));
         }
@@ -247,26 +262,41 @@ mod tests {
     use proptest::prelude::*;
 
     fn directors() -> impl Strategy<Value = Director> {
-        prop_oneof![0u16..8, 8u16..72, 72u16..=MAX_DIRECTOR]
+        prop_oneof![0u16..2, 2u16..8, 8u16..72, 72u16..=MAX_DIRECTOR]
     }
 
     #[test]
     fn widths_and_limits() {
-        assert_eq!(Label::single(0).unwrap().bit_len(), 4);
-        assert_eq!(Label::single(71).unwrap().bit_len(), 8);
-        assert_eq!(Label::single(MAX_DIRECTOR).unwrap().bit_len(), 12);
+        assert_eq!(Label::single(0).unwrap().bit_len(), 2);
+        assert_eq!(Label::single(1).unwrap().bit_len(), 2);
+        assert_eq!(Label::single(5).unwrap().bit_len(), 4);
+        assert_eq!(Label::single(7).unwrap().bit_len(), 4);
+        assert_eq!(Label::single(71).unwrap().bit_len(), 10);
+        assert_eq!(Label::single(MAX_DIRECTOR).unwrap().bit_len(), 14);
         assert_eq!(
             Label::single(MAX_DIRECTOR + 1),
             Err(LabelError::Director(1096))
         );
-        // 15 hops through small nodes fit.
-        let l = Label::from_directors(&[7; 15]).unwrap();
-        assert_eq!(l.hops(), 15);
+        // 15 hops through small nodes (≤ 8 links) fit, whatever their directors.
+        for d in 0..8 {
+            assert_eq!(Label::from_directors(&[d; 15]).unwrap().hops(), 15);
+        }
         assert_eq!(Label::from_directors(&[7; 16]), Err(LabelError::Overflow));
-        // 5 hops through nodes with ~1000 peers fit.
-        assert_eq!(Label::from_directors(&[1000; 5]).unwrap().hops(), 5);
+        // 31 hops through nodes with two links (a line).
+        assert_eq!(Label::from_directors(&[1; 31]).unwrap().hops(), 31);
+        assert_eq!(Label::from_directors(&[1; 32]), Err(LabelError::Overflow));
+        // 4 hops through nodes with ~1000 peers fit.
+        assert_eq!(Label::from_directors(&[1000; 4]).unwrap().hops(), 4);
         assert_eq!(Label::SELF.pop(), None);
-        assert_eq!(Label(0b10).pop(), Some(Err(LabelError::Malformed)));
+        assert_eq!(Label(0b1111).pop(), Some(Err(LabelError::Malformed)));
+        // Every director round-trips, and the code is prefix-free (Kraft sum exactly 1).
+        let mut kraft = 0.0;
+        for d in 0..=MAX_DIRECTOR {
+            let l = Label::single(d).unwrap();
+            assert_eq!(l.pop(), Some(Ok((d, Label::SELF))));
+            kraft += 2f64.powi(-(l.bit_len() as i32));
+        }
+        assert!((kraft - 1.0).abs() < 1e-12, "{kraft}");
     }
 
     proptest! {
