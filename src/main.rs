@@ -6,6 +6,7 @@ mod ctl;
 mod daemon;
 mod io;
 mod lan;
+mod tun;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
