@@ -14,8 +14,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{ConfigFile, PeerSpec};
 use crate::io::Udp;
-use crate::tun::Tun;
 use crate::lan::{Lan, LanConfig};
+use crate::tun::Tun;
 
 /// Everything the daemon needs, after config and flags are merged.
 #[derive(Debug)]

@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 use tun_rs::{GROTable, SyncDevice};
 
+use crate::gro::HeadPool;
+
 /// Bytes of the virtio header in front of every packet on an offloading TUN.
 pub const VNET_HDR: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 /// Batches of read packets that exist at once (in the reader, queued, or at the node).
@@ -75,6 +77,7 @@ pub struct Tun {
     free: std_mpsc::Sender<TunBatch>,
     write: std_mpsc::SyncSender<Vec<Vec<u8>>>,
     written: std_mpsc::Receiver<Vec<Vec<u8>>>,
+    inline: Option<(Writer, Vec<Vec<u8>>)>,
     headroom: usize,
     write_failed: bool,
 }
@@ -97,7 +100,11 @@ impl Tun {
             dev: dev.clone(),
             offload,
             seg_len,
-            raw: if offload { vec![0u8; RAW_BUF] } else { Vec::new() },
+            raw: if offload {
+                vec![0u8; RAW_BUF]
+            } else {
+                Vec::new()
+            },
             batches_made: 0,
             read_tx,
             free_rx,
@@ -109,17 +116,25 @@ impl Tun {
             dev,
             offload,
             gro: GROTable::default(),
+            heads: HeadPool::default(),
             write_rx,
             written_tx,
         };
-        std::thread::Builder::new()
-            .name("meshd-tun-tx".into())
-            .spawn(move || writer.run())?;
+        let inline = std::env::var("MESHD_TUN_WRITER").is_ok_and(|v| v == "0");
+        let inline = if inline {
+            Some((writer, Vec::new()))
+        } else {
+            std::thread::Builder::new()
+                .name("meshd-tun-tx".into())
+                .spawn(move || writer.run())?;
+            None
+        };
         Ok(Tun {
             read: read_rx,
             free: free_tx,
             write: write_tx,
             written: written_rx,
+            inline,
             headroom: if offload { VNET_HDR } else { 0 },
             write_failed: false,
         })
@@ -149,6 +164,11 @@ impl Tun {
     /// with if there is one (the packets it still holds are dropped here, on the thread that
     /// made them), else a new one.
     pub fn write_buffer(&mut self) -> Vec<Vec<u8>> {
+        if let Some((_, v)) = &mut self.inline {
+            let mut v = std::mem::take(v);
+            v.clear();
+            return v;
+        }
         match self.written.try_recv() {
             Ok(mut v) => {
                 v.clear();
@@ -161,6 +181,12 @@ impl Tun {
     /// Queues packets (each behind [`Tun::headroom`] bytes) for the writer thread; waits while
     /// its queue is full.
     pub fn send(&mut self, packets: Vec<Vec<u8>>) {
+        if let Some((w, spare)) = &mut self.inline {
+            let mut packets = packets;
+            w.write(&mut packets);
+            *spare = packets;
+            return;
+        }
         if packets.is_empty() {
             return;
         }
@@ -257,6 +283,7 @@ struct Writer {
     dev: Arc<SyncDevice>,
     offload: bool,
     gro: GROTable,
+    heads: HeadPool,
     write_rx: std_mpsc::Receiver<Vec<Vec<u8>>>,
     written_tx: std_mpsc::Sender<Vec<Vec<u8>>>,
 }
@@ -281,9 +308,11 @@ impl Writer {
 
     fn write(&mut self, packets: &mut [Vec<u8>]) {
         if self.offload {
+            self.heads.prepare(packets, VNET_HDR);
             if let Err(e) = self.dev.send_multiple(&mut self.gro, packets, VNET_HDR) {
                 tracing::debug!("tun send: {e}");
             }
+            self.heads.reclaim(packets);
         } else {
             for p in packets.iter() {
                 if let Err(e) = self.dev.send(p) {
