@@ -13,9 +13,8 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{ConfigFile, PeerSpec};
-use crate::io::Udp;
+use crate::io::{Tun, Udp};
 use crate::lan::{Lan, LanConfig};
-use crate::tun::Tun;
 
 /// Everything the daemon needs, after config and flags are merged.
 #[derive(Debug)]
@@ -45,19 +44,16 @@ pub struct Settings {
 
 /// Datagrams read per wake-up before other work gets a turn.
 const BATCH: usize = 64;
-/// Batches from the TUN reader handled per turn of the loop.
-const MAX_TUN_BATCHES_PER_TURN: usize = 2;
 
-/// Opens the TUN: the given fd, or a new device with offloads if asked and available. Says
-/// whether the device has offloads (virtio headers).
-fn open_tun(s: &Settings) -> Result<(tun_rs::SyncDevice, bool)> {
+/// Opens the TUN: the given fd, or a new device with offloads if asked and available.
+fn open_tun(s: &Settings) -> Result<Tun> {
     if let Some(fd) = s.tun_fd {
         // SAFETY: the fd was handed to us (by Android's VpnService or a wrapper) as an open
         // TUN device in IFF_NO_PI mode; we take ownership of it and nothing else uses it.
         #[allow(unsafe_code)]
-        let dev = unsafe { tun_rs::SyncDevice::from_fd(fd) }
+        let dev = unsafe { tun_rs::AsyncDevice::from_fd(fd) }
             .with_context(|| format!("using TUN fd {fd}"))?;
-        return Ok((dev, false));
+        return Ok(Tun::new(dev, false));
     }
     let build = |offload: bool| {
         tun_rs::DeviceBuilder::new()
@@ -65,11 +61,11 @@ fn open_tun(s: &Settings) -> Result<(tun_rs::SyncDevice, bool)> {
             .ipv6(s.identity.address().ip(), 8u8)
             .mtu(s.node.mtu as u16)
             .offload(offload)
-            .build_sync()
+            .build_async()
     };
     if s.offload {
         match build(true) {
-            Ok(dev) => return Ok((dev, true)),
+            Ok(dev) => return Ok(Tun::new(dev, true)),
             Err(e) => tracing::warn!("TUN offloads unavailable ({e}); one packet per read"),
         }
     }
@@ -79,7 +75,7 @@ fn open_tun(s: &Settings) -> Result<(tun_rs::SyncDevice, bool)> {
             s.tun
         )
     })?;
-    Ok((dev, false))
+    Ok(Tun::new(dev, false))
 }
 
 /// Peers dialed because of the config, the command line, or the saved run-time list.
@@ -204,8 +200,7 @@ pub async fn run(s: Settings) -> Result<()> {
         .with_context(|| format!("binding UDP {}", s.listen))?;
     let v6_socket = s.listen.is_ipv6();
     let mut udp = Udp::new(sock).context("setting up the UDP socket")?;
-    let (dev, offload) = open_tun(&s)?;
-    let mut tun = Tun::start(dev, offload, s.node.mtu).context("starting the TUN threads")?;
+    let mut tun = open_tun(&s)?;
     let addr = s.identity.address();
     tracing::info!(address = %addr, key = %s.identity.public_key(), listen = %s.listen, tun = %s.tun, mtu = s.node.mtu, offload = tun.headroom() > 0, "meshd running");
 
@@ -282,21 +277,15 @@ pub async fn run(s: Settings) -> Result<()> {
                 }
                 read_udp(&mut udp, &mut node, &mut lan);
             }
-            Some(batch) = tun.recv() => {
-                let now = Instant::now();
-                let mut next = Some(batch);
-                let mut handled = 0;
-                // Whatever else the reader has queued, up to a bound, so one flush sends it all
-                // (longer GSO runs) and the loop still gets round to the UDP side.
-                while let Some(batch) = next.take() {
-                    for p in batch.packets() {
-                        node.handle_tun_packet(now, p);
+            r = tun.recv() => {
+                match r {
+                    Ok(n) => {
+                        let now = Instant::now();
+                        for k in 0..n {
+                            node.handle_tun_packet(now, tun.packet(k));
+                        }
                     }
-                    tun.recycle(batch);
-                    handled += 1;
-                    if handled < MAX_TUN_BATCHES_PER_TURN {
-                        next = tun.try_recv();
-                    }
+                    Err(e) => tracing::debug!("tun recv: {e}"),
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
@@ -377,11 +366,11 @@ impl Outbox {
             self.datagrams.push((t.dst, t.payload));
         }
         udp.send_all(&self.datagrams).await;
-        let mut packets = tun.write_buffer();
+        let mut packets = Vec::new();
         while let Some(p) = node.poll_tun_packet() {
             packets.push(p);
         }
-        tun.send(packets);
+        tun.send_all(packets).await;
         while let Some(ev) = node.poll_event() {
             tracing::debug!(?ev, "event");
             executor.on_event(&ev);

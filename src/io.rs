@@ -1,10 +1,15 @@
-//! The daemon's UDP I/O, batched so one system call moves many datagrams: through quinn-udp,
-//! GRO on receive (the kernel hands over runs of datagrams from one sender in one buffer) and
-//! GSO on send (runs of equal-size datagrams to one peer go out in one `sendmsg` with
-//! `UDP_SEGMENT`).
+//! The daemon's packet I/O, batched so one system call moves many packets:
 //!
-//! It falls back to one datagram per call where the kernel doesn't offer them. The TUN side is
-//! in `tun.rs`, on threads of its own.
+//! - UDP through quinn-udp: GRO on receive (the kernel hands over runs of datagrams from one
+//!   sender in one buffer) and GSO on send (runs of equal-size datagrams to one peer go out in
+//!   one `sendmsg` with `UDP_SEGMENT`).
+//! - The TUN with offloads (tun-rs, virtio headers): the kernel hands over TCP super-packets
+//!   of up to 64 KB that are split into MTU-sized packets here, and packets written back are
+//!   coalesced (GRO) before they enter the kernel, as wireguard-go does. The first packet of
+//!   each run is moved into a buffer with room for the run first (`gro.rs`): tun-rs coalesces
+//!   only into a buffer whose capacity already holds the result.
+//!
+//! Each falls back to one packet per call where the kernel or device doesn't offer it.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -12,9 +17,16 @@ use std::net::{IpAddr, SocketAddr};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tun_rs::{AsyncDevice, GROTable};
 
+/// Bytes of the virtio header in front of every packet on an offloading TUN.
+pub const VNET_HDR: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 /// Receive buffers per UDP read (each can hold a GRO run of up to 64 KB).
 const UDP_BUFS: usize = 8;
+/// Segments per TUN read: a 64 KB super-packet in MTU-sized pieces.
+const TUN_SEGMENTS: usize = 64;
+/// Room for one segment (the TUN MTU is well under this).
+const SEGMENT_BUF: usize = 4096;
 // Buffers are made one by one (`vec![0; n]` is a fresh zeroed allocation the kernel backs
 // lazily), not cloned from one another: a clone writes every page, which cost 4.5 MiB of RSS.
 
@@ -154,6 +166,87 @@ impl Udp {
                 Err(e) => {
                     tracing::debug!("udp send to {destination}: {e}");
                     return;
+                }
+            }
+        }
+    }
+}
+
+/// The TUN side.
+pub struct Tun {
+    dev: AsyncDevice,
+    offload: bool,
+    raw: Vec<u8>,
+    segs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    gro: GROTable,
+    heads: crate::gro::HeadPool,
+}
+
+impl Tun {
+    /// Wraps a device; `offload` says whether it was opened with virtio headers.
+    pub fn new(dev: AsyncDevice, offload: bool) -> Tun {
+        let n = if offload { TUN_SEGMENTS } else { 1 };
+        Tun {
+            dev,
+            offload,
+            raw: vec![0u8; VNET_HDR + 65536],
+            segs: (0..n)
+                .map(|_| vec![0u8; if offload { SEGMENT_BUF } else { 65536 }])
+                .collect(),
+            sizes: vec![0; n],
+            gro: GROTable::default(),
+            heads: crate::gro::HeadPool::default(),
+        }
+    }
+
+    /// Headroom the node must leave in front of packets it hands us.
+    pub fn headroom(&self) -> usize {
+        if self.offload {
+            VNET_HDR
+        } else {
+            0
+        }
+    }
+
+    /// Reads one packet or super-packet; returns how many IP packets it held (see
+    /// [`Tun::packet`]).
+    pub async fn recv(&mut self) -> io::Result<usize> {
+        if self.offload {
+            self.dev
+                .recv_multiple(&mut self.raw, &mut self.segs, &mut self.sizes, 0)
+                .await
+        } else {
+            self.sizes[0] = self.dev.recv(&mut self.segs[0]).await?;
+            Ok(1)
+        }
+    }
+
+    /// The `k`th IP packet of the last read.
+    pub fn packet(&self, k: usize) -> &[u8] {
+        &self.segs[k][..self.sizes[k]]
+    }
+
+    /// Writes packets (each behind [`Tun::headroom`] bytes), coalescing TCP/UDP runs when
+    /// offloading (one `write` per run of a flow instead of one per packet).
+    pub async fn send_all(&mut self, mut packets: Vec<Vec<u8>>) {
+        if packets.is_empty() {
+            return;
+        }
+        if self.offload {
+            self.heads.prepare(&mut packets, VNET_HDR);
+            if let Err(e) = self
+                .dev
+                .send_multiple(&mut self.gro, &mut packets, VNET_HDR)
+                .await
+            {
+                tracing::debug!("tun send: {e}");
+            }
+            self.heads.reclaim(&mut packets);
+        } else {
+            for p in &packets {
+                if let Err(e) = self.dev.send(p).await {
+                    tracing::debug!("tun send: {e}");
                 }
             }
         }

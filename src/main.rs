@@ -7,7 +7,6 @@ mod daemon;
 mod gro;
 mod io;
 mod lan;
-mod tun;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
