@@ -4,6 +4,7 @@
 mod config;
 mod ctl;
 mod daemon;
+mod gro;
 mod io;
 mod lan;
 
