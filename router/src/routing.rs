@@ -377,14 +377,10 @@ impl Node {
                 }
                 self.punch(now, &record);
             }
-            Control::Tree {
-                root,
-                seq,
-                depth,
-                up,
-                down,
-                director,
-            } => {
+            Control::Tree { .. } => {
+                let Some(said) = crate::tree::Announcement::from_control(&msg) else {
+                    return;
+                };
                 // Only from a direct peer: the frame came over one hop.
                 let Some(Ok((d, rest))) = reverse.pop() else {
                     self.counters.drop_bad_control += 1;
@@ -403,11 +399,13 @@ impl Node {
                 // A direct peer's place is what it says here: the DHT hands it out from us.
                 let peer = self.links[d as usize].as_ref().map(|l| l.key);
                 if let Some(e) = peer.and_then(|k| self.table.get_mut(&k.address())) {
-                    e.coord = Label(down).is_valid().then_some(Coord { root, down });
+                    e.coord = said.down.is_valid().then_some(Coord {
+                        root: said.root,
+                        down: said.down.0,
+                    });
                 }
                 let before = self.tree.coord();
-                self.tree
-                    .heard(now, d, root, seq, depth, Label(up), Label(down), director);
+                self.tree.heard(now, d, said);
                 if self.tree.take_dirty(now) {
                     self.announce_tree(now, None);
                 }

@@ -28,19 +28,55 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 pub const ROOT_TIMEOUT: Duration = Duration::from_secs(7);
 /// A peer's announcement older than this is ignored.
 const PEER_STALE: Duration = Duration::from_secs(7);
-/// Deepest place in the tree (labels hold 15 hops through small nodes).
-const MAX_DEPTH: u8 = 15;
+/// Deepest place in the tree (a label holds at most 31 hops, through 2-link nodes; deeper
+/// coordinates would not fit anyway).
+const MAX_DEPTH: u8 = 31;
 
-/// What a peer last told us.
+/// A peer's place in the tree, as its [`Control::Tree`] announcement says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    /// Its root.
+    pub root: PublicKey,
+    /// The root's sequence number it last heard.
+    pub seq: u64,
+    /// Its hops to the root.
+    pub depth: u8,
+    /// Its route up to the root.
+    pub up: Label,
+    /// The route from the root down to it.
+    pub down: Label,
+    /// Its director for the link to us.
+    pub director: Director,
+}
+
+impl Announcement {
+    /// The announcement a [`Control::Tree`] message carries.
+    pub fn from_control(msg: &Control) -> Option<Announcement> {
+        match *msg {
+            Control::Tree {
+                root,
+                seq,
+                depth,
+                up,
+                down,
+                director,
+            } => Some(Announcement {
+                root,
+                seq,
+                depth,
+                up: Label(up),
+                down: Label(down),
+                director,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What a peer last told us, and when.
 #[derive(Clone, Copy, Debug)]
 struct PeerPlace {
-    root: PublicKey,
-    seq: u64,
-    depth: u8,
-    up: Label,
-    down: Label,
-    /// The peer's director for its link to us.
-    director: Director,
+    said: Announcement,
     heard: Instant,
 }
 
@@ -132,8 +168,9 @@ impl Tree {
         let via_peers = self
             .peers
             .iter()
-            .filter(|(_, p)| p.root == *root)
+            .filter(|(_, p)| p.said.root == *root)
             .filter_map(|(&d, p)| {
+                let p = &p.said;
                 let rest = tree_route(p.up, p.down, p.depth, down)?;
                 Label::single(d).ok()?.splice(rest).ok()
             });
@@ -143,18 +180,8 @@ impl Tree {
     }
 
     /// A peer's announcement over link `d`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn heard(
-        &mut self,
-        now: Instant,
-        d: Director,
-        root: PublicKey,
-        seq: u64,
-        depth: u8,
-        up: Label,
-        down: Label,
-        director: Director,
-    ) {
+    pub fn heard(&mut self, now: Instant, d: Director, said: Announcement) {
+        let (root, seq) = (said.root, said.seq);
         if self.dead.get(&root).is_some_and(|&s| seq <= s) {
             return;
         }
@@ -166,18 +193,7 @@ impl Tree {
         if seq > r.seq {
             *r = RootSeen { seq, moved: now };
         }
-        self.peers.insert(
-            d,
-            PeerPlace {
-                root,
-                seq,
-                depth,
-                up,
-                down,
-                director,
-                heard: now,
-            },
-        );
+        self.peers.insert(d, PeerPlace { said, heard: now });
         self.reselect(now);
     }
 
@@ -268,6 +284,7 @@ impl Tree {
         let best_root = self
             .peers
             .values()
+            .map(|p| &p.said)
             .filter(|p| self.alive(&p.root) && p.root > self.me && p.depth < MAX_DEPTH)
             .map(|p| p.root)
             .max();
@@ -282,9 +299,9 @@ impl Tree {
         let choice = self
             .peers
             .iter()
+            .map(|(&d, p)| (d, p.said))
             .filter(|(_, p)| p.root == root && p.seq + 1 >= newest && p.depth < MAX_DEPTH)
-            .min_by_key(|(&d, p)| (p.depth, Some(d) != parent, d))
-            .map(|(&d, p)| (d, *p));
+            .min_by_key(|(d, p)| (p.depth, Some(*d) != parent, *d));
         let Some((d, p)) = choice else {
             self.become_root();
             return;
@@ -360,6 +377,18 @@ mod tests {
         PublicKey([b; 32])
     }
 
+    /// What a root says to a peer on its director `director`.
+    fn at_root(root: PublicKey, seq: u64, director: Director) -> Announcement {
+        Announcement {
+            root,
+            seq,
+            depth: 0,
+            up: Label::SELF,
+            down: Label::SELF,
+            director,
+        }
+    }
+
     /// A line of nodes with keys 1..=n (the last is the root), each knowing its two
     /// neighbours on directors 0 (left) and 1 (right), announcing until nothing changes.
     fn line(n: usize) -> Vec<Tree> {
@@ -373,25 +402,8 @@ mod tests {
                 let right = (i + 1 < n).then(|| trees[i].announcement(1));
                 let left = (i > 0).then(|| trees[i].announcement(0));
                 for (msg, to, via) in [(right, i + 1, 0), (left, i.wrapping_sub(1), 1)] {
-                    if let Some(Control::Tree {
-                        root,
-                        seq,
-                        depth,
-                        up,
-                        down,
-                        director,
-                    }) = msg
-                    {
-                        trees[to].heard(
-                            now,
-                            via,
-                            root,
-                            seq,
-                            depth,
-                            Label(up),
-                            Label(down),
-                            director,
-                        );
+                    if let Some(said) = msg.as_ref().and_then(Announcement::from_control) {
+                        trees[to].heard(now, via, said);
                     }
                 }
             }
@@ -430,22 +442,22 @@ mod tests {
     fn a_dead_root_is_replaced_by_the_next_largest() {
         let now = Instant::now();
         let mut t = Tree::new(key(1), now);
-        t.heard(now, 0, key(9), 1, 0, Label::SELF, Label::SELF, 3);
+        t.heard(now, 0, at_root(key(9), 1, 3));
         assert_eq!(t.root(), key(9));
         assert_eq!(t.coord().unwrap().down, Label::single(3).unwrap().0);
         // Another peer offers a smaller root, still counting.
         let mut when = now;
         for s in 1..6 {
             when = now + ANNOUNCE_EVERY * s;
-            t.heard(when, 1, key(5), s as u64, 0, Label::SELF, Label::SELF, 2);
+            t.heard(when, 1, at_root(key(5), s as u64, 2));
             t.tick(when);
         }
         assert_eq!(t.root(), key(5), "key 9 stopped counting");
         // The old number again (an echo from a slow peer) does not bring it back.
-        t.heard(when, 0, key(9), 1, 0, Label::SELF, Label::SELF, 3);
+        t.heard(when, 0, at_root(key(9), 1, 3));
         assert_eq!(t.root(), key(5));
         // A newer one does: it restarted.
-        t.heard(when, 0, key(9), 2, 0, Label::SELF, Label::SELF, 3);
+        t.heard(when, 0, at_root(key(9), 2, 3));
         assert_eq!(t.root(), key(9));
         t.link_down(when, 0);
         t.link_down(when, 1);
