@@ -241,6 +241,9 @@ pub struct Node {
     pub(crate) next_expire: Instant,
     /// When a tree move last brought a self-lookup forward.
     pub(crate) last_tree_lookup: Option<Instant>,
+    /// Destinations whose lookup just failed: until when packets to them are answered with
+    /// unreachable at once, and how many lookups in a row failed.
+    pub(crate) unreachable_until: BTreeMap<Address, (Instant, u32)>,
     pub(crate) counters: Counters,
     pub(crate) scratch: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
@@ -294,6 +297,7 @@ impl Node {
             refresh_gap: Duration::from_secs(10),
             next_expire: now,
             last_tree_lookup: None,
+            unreachable_until: BTreeMap::new(),
             counters: Counters::default(),
             scratch: Vec::new(),
             pending_lookup_steps: Vec::new(),

@@ -14,6 +14,10 @@ use crate::node::{Node, SessionHs};
 use crate::tunnel::{KeyPair, Keys, Pending};
 use crate::wire::{self, msg_type, TunnelMsg, DATA_HEADER_LEN};
 
+/// A failed lookup's back-off is forgotten this long after it ended.
+const UNREACHABLE_FORGET: Duration = Duration::from_secs(30);
+/// Most destinations remembered as unreachable (a scan of made-up addresses can't grow it).
+const UNREACHABLE_MAX: usize = 1024;
 /// Packets held per destination while its lookup or handshake runs.
 pub const QUEUE_LIMIT: usize = 64;
 /// A session handshake is retried after 250 ms, 500 ms, then every second (one lost packet
@@ -153,6 +157,26 @@ impl Node {
     }
 
     fn send_to_address(&mut self, now: Instant, addr: Address, packet: &[u8]) {
+        // Its lookup just failed: answer at once instead of looking it up for every packet
+        // (a stream of packets to a missing address made a stream of lookups).
+        let backing_off = self
+            .unreachable_until
+            .get(&addr)
+            .is_some_and(|&(until, _)| now < until);
+        if backing_off
+            && self
+                .sessions
+                .get(&addr)
+                .is_none_or(|s| s.keys.current.is_none())
+        {
+            let me = self.id.address().ip();
+            if let Some(e) = icmp::error(me, packet, IcmpError::NoRoute) {
+                let p = self.tun_packet(&e);
+                self.tun_out.push_back(p);
+            }
+            self.counters.drop_unreachable += 1;
+            return;
+        }
         self.sessions
             .entry(addr)
             .or_insert_with(|| Session::new(addr, now));
@@ -511,8 +535,23 @@ impl Node {
             }
         }
         if found {
+            self.unreachable_until.remove(&addr);
             self.on_routes_changed(now, &[addr]);
             return;
+        }
+        // Back off: 0.25, 0.5, 1, 2, then 4 s (short: at a cold start lookups fail until the
+        // mesh has settled, and a node that comes back should be found soon).
+        let strikes = match self.unreachable_until.get(&addr) {
+            Some(&(until, n)) if now.saturating_duration_since(until) < UNREACHABLE_FORGET => n + 1,
+            _ => 1,
+        };
+        let wait = Duration::from_millis(250 << (strikes - 1).min(4));
+        if self.unreachable_until.len() >= UNREACHABLE_MAX {
+            self.unreachable_until
+                .retain(|_, (until, _)| now.saturating_duration_since(*until) < UNREACHABLE_FORGET);
+        }
+        if self.unreachable_until.len() < UNREACHABLE_MAX {
+            self.unreachable_until.insert(addr, (now + wait, strikes));
         }
         self.unreachable(addr);
     }

@@ -710,3 +710,54 @@ fn grid_agrees_on_a_root_and_survives_losing_it() {
     }
     check_all(&mut net, &mut seq, Some(root));
 }
+
+/// Packets to an address nobody has: the first waits for the lookup and gets ICMPv6
+/// unreachable; those sent right after it are answered at once, without a new lookup each;
+/// once the back-off has passed, the next packet looks again.
+#[test]
+fn a_missing_destination_is_not_looked_up_for_every_packet() {
+    let mut net = Net::new(3, 31, |_| NodeConfig::default());
+    net.connect(0, 1, false);
+    net.connect(1, 2, false);
+    net.run_for(Duration::from_secs(3));
+    let src = net.nodes[0].address().ip();
+    let mut missing = net.nodes[2].address().ip().octets();
+    missing[15] ^= 0x55;
+    let missing = Ipv6Addr::from(missing);
+    let unreachables = |net: &Net| {
+        net.delivered[0]
+            .iter()
+            .filter(|(_, p)| p.len() > 40 && p[6] == 58 && p[40] == 1)
+            .count()
+    };
+    let send = |net: &mut Net, seq: u16| {
+        let p = ipv6_packet(src, missing, seq);
+        net.nodes[0].handle_tun_packet(net.now, &p);
+        net.flush(0);
+    };
+    send(&mut net, 1);
+    net.run_for(Duration::from_secs(7));
+    assert_eq!(
+        unreachables(&net),
+        1,
+        "the first packet: unreachable after its lookup"
+    );
+    let lookups = net.nodes[0].counters().lookups;
+    for seq in 2..12 {
+        send(&mut net, seq);
+        net.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(unreachables(&net), 11, "each answered at once");
+    // The periodic self-lookup or bucket refresh may run meanwhile; without the back-off each
+    // of the ten packets starts a lookup of its own.
+    let during = net.nodes[0].counters().lookups - lookups;
+    assert!(during <= 2, "{during} lookups for 10 packets");
+    net.run_for(Duration::from_secs(2));
+    let before = net.nodes[0].counters().lookups;
+    send(&mut net, 12);
+    net.run_for(Duration::from_millis(50));
+    assert!(
+        net.nodes[0].counters().lookups > before,
+        "looked up again after the back-off"
+    );
+}
