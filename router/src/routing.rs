@@ -571,12 +571,22 @@ impl Node {
                 l.target_paths.push((rec.key, spliced));
             }
             match l.cands.iter_mut().find(|c| c.addr == addr) {
+                // The other ways we were just given stay in reserve: a tree route from a
+                // coordinate that went stale fails, the spliced one may not.
                 None => l.cands.push(Candidate {
                     key: rec.key,
                     addr,
                     path,
                     state: CandState::New,
-                    alternatives: Vec::new(),
+                    alternatives: [spliced, fresh].into_iter().filter(|p| *p != path).fold(
+                        Vec::new(),
+                        |mut v, p| {
+                            if !v.contains(&p) {
+                                v.push(p);
+                            }
+                            v
+                        },
+                    ),
                 }),
                 // Another way to the same node: if the path we tried dies (often the very
                 // reason for this lookup), the node is tried again over this one.
