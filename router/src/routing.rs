@@ -304,9 +304,9 @@ impl Node {
                 asker,
                 coord,
             } => {
-                if !reverse.is_valid() {
+                let Some(back_route) = self.reply_route(reverse, &asker, coord) else {
                     return;
-                }
+                };
                 let asker_addr = asker.address();
                 let root = self.tree.root();
                 let nodes: Vec<NodeRecord> = self
@@ -324,8 +324,8 @@ impl Node {
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
                     .collect();
                 let answer = Control::nodes(&self.id, txid, reverse.0, self.tree.coord(), nodes);
-                self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
-                self.learn_of(now, asker, reverse, coord);
+                self.send_frame(now, back_route, FrameKind::Router, &answer.to_bytes());
+                self.learn_of(now, asker, back_route, coord);
             }
             Control::Rendezvous { record } => {
                 if !record.verify() || record.key == self.id.public_key() || !reverse.is_valid() {
@@ -413,10 +413,10 @@ impl Node {
                     self.on_tree_moved(now);
                 }
             }
-            Control::Ping { txid, .. } => {
-                if reverse.is_valid() {
+            Control::Ping { txid, asker } => {
+                if let Some(back_route) = self.reply_route(reverse, &asker, None) {
                     let answer = Control::pong(&self.id, txid, self.tree.coord());
-                    self.send_frame(now, reverse, FrameKind::Router, &answer.to_bytes());
+                    self.send_frame(now, back_route, FrameKind::Router, &answer.to_bytes());
                 }
             }
             Control::Nodes { txid, .. } | Control::Pong { txid, .. } => {
@@ -465,6 +465,25 @@ impl Node {
                 self.on_routes_changed(now, &[addr]);
             }
         }
+    }
+
+    /// The route for an answer to `asker`: back the way the question came, or, when that
+    /// route did not fit in a label (the directors back through hubs are longer than those
+    /// forward), the tree route from the place the asker says it has or we know it at, or
+    /// the best path we hold to it. The answer is signed, so any route that arrives will do.
+    pub(crate) fn reply_route(
+        &self,
+        reverse: Label,
+        asker: &PublicKey,
+        hint: Option<Coord>,
+    ) -> Option<Label> {
+        if reverse.is_valid() {
+            return Some(reverse);
+        }
+        let entry = self.table.get(&asker.address()).filter(|e| e.key == *asker);
+        hint.or(entry.and_then(|e| e.coord))
+            .and_then(|c| self.tree.route_to(&c.root, Label(c.down)))
+            .or_else(|| entry.and_then(|e| e.best()).map(|p| p.label))
     }
 
     /// A node asked us something: if its bucket has room, check the path back to it with a

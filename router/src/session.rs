@@ -337,10 +337,6 @@ impl Node {
         sender: u32,
         noise: &[u8],
     ) {
-        if !reverse.is_valid() {
-            self.counters.drop_malformed += 1;
-            return;
-        }
         // Session handshakes come through an authenticated neighbour: charge its budget, so
         // a flood from strangers on the UDP port can't delay sessions, nor one peer all others.
         let Some(link) = came_in
@@ -365,13 +361,23 @@ impl Node {
         if addr == self.id.address() {
             return;
         }
+        // The way back did not fit in a label (the directors back through hubs are longer
+        // than those forward): answer over a route we know to the initiator, or find one; the
+        // initiator's retry then gets its answer.
+        let Some(route) = self.reply_route(reverse, &remote, None) else {
+            // Bounded: made-up handshakes with overflowed routes can't start lookups at will.
+            if self.lookups.len() < 32 {
+                self.start_lookup(now, addr, None);
+            }
+            return;
+        };
         let idx = self.new_index();
         let Some(msg) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs)
         else {
             return;
         };
-        self.send_frame(now, reverse, FrameKind::Session, &msg);
-        self.finish_session(now, addr, hs, idx, sender, reverse);
+        self.send_frame(now, route, FrameKind::Session, &msg);
+        self.finish_session(now, addr, hs, idx, sender, route);
     }
 
     fn finish_session(
@@ -400,7 +406,9 @@ impl Node {
         s.key = Some(key);
         s.hs_started = None;
         s.hs_attempts = 0;
-        s.rx_path = Some((reverse, now));
+        if reverse.is_valid() {
+            s.rx_path = Some((reverse, now));
+        }
         s.last_rx = now;
         s.keys.install_indexed(
             Keys {
