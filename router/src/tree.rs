@@ -28,6 +28,8 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 pub const ROOT_TIMEOUT: Duration = Duration::from_secs(7);
 /// A peer's announcement older than this is ignored.
 const PEER_STALE: Duration = Duration::from_secs(7);
+/// Most roots remembered at once.
+const MAX_ROOTS: usize = 32;
 /// Deepest place in the tree (a label holds at most 31 hops, through 2-link nodes; deeper
 /// coordinates would not fit anyway).
 const MAX_DEPTH: u8 = 31;
@@ -182,8 +184,19 @@ impl Tree {
     /// A peer's announcement over link `d`.
     pub fn heard(&mut self, now: Instant, d: Director, said: Announcement) {
         let (root, seq) = (said.root, said.seq);
-        if self.dead.get(&root).is_some_and(|&s| seq <= s) {
+        // Only mesh keys can be roots (a made-up key must at least be ground), and the roots
+        // remembered are bounded: a peer naming a new root in every message can't grow them.
+        if root.address().0[0] != 0xfc || self.dead.get(&root).is_some_and(|&s| seq <= s) {
             return;
+        }
+        if !self.roots.contains_key(&root) && self.roots.len() >= MAX_ROOTS {
+            let Some(smallest) = self.roots.keys().next().copied() else {
+                return;
+            };
+            if smallest > root || smallest == self.root {
+                return;
+            }
+            self.roots.remove(&smallest);
         }
         self.dead.remove(&root);
         let r = self
@@ -373,8 +386,39 @@ fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Label>
 mod tests {
     use super::*;
 
+    /// The `b`-th smallest of 16 mesh keys (roots must be mesh keys): larger `b`, larger key.
     fn key(b: u8) -> PublicKey {
-        PublicKey([b; 32])
+        use rand::SeedableRng;
+        static KEYS: std::sync::OnceLock<Vec<PublicKey>> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+            let mut keys: Vec<PublicKey> = (0..16)
+                .map(|_| crypto::Identity::generate(&mut rng).public_key())
+                .collect();
+            keys.sort();
+            keys
+        })[b as usize]
+    }
+
+    #[test]
+    fn roots_must_be_mesh_keys_and_are_bounded() {
+        let now = Instant::now();
+        let mut t = Tree::new(key(1), now);
+        t.heard(now, 0, at_root(PublicKey([0xff; 32]), 1, 3));
+        assert_eq!(t.root(), key(1), "a key outside fc00::/8 is no root");
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(78);
+        for _ in 0..2 * MAX_ROOTS {
+            let k = crypto::Identity::generate(&mut rng).public_key();
+            t.heard(now, 1, at_root(k, 1, 2));
+        }
+        assert_eq!(
+            t.roots.len(),
+            MAX_ROOTS,
+            "a root per message can't grow the memory"
+        );
+        t.heard(now, 2, at_root(key(15), 1, 4));
+        assert!(t.roots.len() <= MAX_ROOTS);
     }
 
     /// What a root says to a peer on its director `director`.
