@@ -453,14 +453,7 @@ impl Mesh {
         if let Some(s) = &opts.secret {
             c.args(["--network-secret", s]);
         }
-        c.env("NO_COLOR", "1");
-        if std::env::var_os("MESHD_LOG").is_none() {
-            c.env("MESHD_LOG", "info");
-        }
-        c.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log);
-        let child = c.spawn().expect("spawn meshd");
+        let child = spawn_logged(&mut c, log);
         self.nodes[i] = Some(Proc {
             name: format!("node{i}"),
             child,
@@ -972,4 +965,17 @@ pub fn longest_gap(replies: &[(f64, u64)], from: f64, to: f64) -> (f64, f64) {
         prev = t;
     }
     worst
+}
+
+/// Spawns a meshd command with its output (stdout and stderr) going into `log`, at log level
+/// info unless MESHD_LOG says otherwise.
+pub fn spawn_logged(c: &mut Command, log: std::fs::File) -> std::process::Child {
+    c.env("NO_COLOR", "1");
+    if std::env::var_os("MESHD_LOG").is_none() {
+        c.env("MESHD_LOG", "info");
+    }
+    c.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log);
+    c.spawn().expect("spawn meshd")
 }

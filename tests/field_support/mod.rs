@@ -291,14 +291,7 @@ pub fn start_with_config(m: &Mesh, i: usize, config: &Path) -> Proc {
 /// TUN `tun` carries node `i`'s address.
 pub fn spawn_node(m: &Mesh, i: usize, mut c: Command, tun: &str) -> Proc {
     let log = node_log(m, i, "start");
-    c.env("NO_COLOR", "1");
-    if std::env::var_os("MESHD_LOG").is_none() {
-        c.env("MESHD_LOG", "info");
-    }
-    c.stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup log"))
-        .stderr(log);
-    let child = c.spawn().expect("spawn meshd");
+    let child = crate::common::spawn_logged(&mut c, log);
     let mut p = Proc {
         name: format!("node{i}"),
         child,
