@@ -269,8 +269,18 @@ impl Node {
         let Some(msg) = wire::handshake_message(msg_type::INIT_IK, idx, None, &mut hs) else {
             return;
         };
-        // Only the newest handshake per destination stays in the table.
-        self.session_hs.retain(|p| p.ctx.addr != addr);
+        // The two newest earlier tries stay answerable: over long paths an answer can take
+        // longer than the first retry gaps (250, 500 ms), and then it answers an older try.
+        let mut older: Vec<(Instant, u32)> = self
+            .session_hs
+            .iter()
+            .filter(|(_, p)| p.ctx.addr == addr)
+            .map(|(&i, p)| (p.started, i))
+            .collect();
+        older.sort_unstable();
+        for &(_, i) in older.iter().rev().skip(2) {
+            self.session_hs.take(i);
+        }
         self.session_hs.insert(
             idx,
             Pending {
@@ -318,6 +328,8 @@ impl Node {
                     return;
                 }
                 let addr = p.ctx.addr;
+                // One answered try is enough: the others for this destination are done.
+                self.session_hs.retain(|q| q.ctx.addr != addr);
                 self.finish_session(now, addr, p.hs, receiver, sender, reverse);
             }
             TunnelMsg::Data {
@@ -365,6 +377,12 @@ impl Node {
         // than those forward): answer over a route we know to the initiator, or find one; the
         // initiator's retry then gets its answer.
         let Some(route) = self.reply_route(reverse, &remote, None) else {
+            tracing::debug!(
+                me = %self.id.address(),
+                initiator = %addr,
+                lookups = self.lookups.len(),
+                "session handshake: the way back overflowed and no route is known; looking the initiator up"
+            );
             // Bounded: made-up handshakes with overflowed routes can't start lookups at will.
             if self.lookups.len() < 32 {
                 self.start_lookup(now, addr, None);
@@ -607,6 +625,12 @@ impl Node {
             if let Some(t) = s.hs_started {
                 if now.saturating_duration_since(t) >= handshake_retry(s.hs_attempts) {
                     if s.hs_attempts >= HANDSHAKE_ATTEMPTS {
+                        tracing::debug!(
+                            me = %self.id.address(),
+                            peer = %addr,
+                            route = ?self.session_route(now, &addr),
+                            "session handshake got no answer: unreachable"
+                        );
                         self.unreachable(addr);
                     } else {
                         self.ensure_session_handshake(now, addr);

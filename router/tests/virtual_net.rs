@@ -761,3 +761,26 @@ fn a_missing_destination_is_not_looked_up_for_every_packet() {
         "looked up again after the back-off"
     );
 }
+
+/// Over a path whose round trip (720 ms) is longer than the first handshake retry gaps
+/// (250 ms, 500 ms), the answer to an earlier try still completes the session: the first
+/// packet arrives after about one round trip for the handshake, not after several.
+#[test]
+fn slow_paths_answer_an_earlier_handshake_try() {
+    let mut net = Net::new(4, 41, |_| NodeConfig::default());
+    net.latency = Duration::from_millis(120);
+    for i in 0..3 {
+        net.connect(i, i + 1, false);
+    }
+    net.run_for(Duration::from_secs(8));
+    let sent = net.now;
+    net.ping(0, 3, 1);
+    net.run_for(Duration::from_secs(5));
+    let got = net.received(3, 1).expect("delivered");
+    let took = got - sent;
+    assert!(
+        took < Duration::from_millis(1400),
+        "first packet took {took:?}; node 0: {:?}",
+        net.nodes[0].counters()
+    );
+}
