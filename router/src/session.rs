@@ -497,6 +497,9 @@ impl Node {
                 return;
             }
         };
+        // The peer sends with the keys it holds: if it answered an earlier handshake try than
+        // the one we installed last, send with those keys too (key confirmation).
+        s.keys.confirm(receiver);
         s.last_rx = now;
         if reverse.is_valid() {
             s.rx_path = Some((reverse, now));

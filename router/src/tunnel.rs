@@ -91,6 +91,20 @@ impl KeyPair {
         index.insert(idx, owner);
     }
 
+    /// The peer just sent with the keys at local index `idx`, which it therefore holds: if
+    /// they are our `previous` keys and both our sets come from handshakes the peer started
+    /// (it completed an earlier try than the one we answered last, or still sends on the old
+    /// keys during its rekey), send with the keys it uses. Keys we initiated are left alone.
+    pub fn confirm(&mut self, idx: u32) {
+        let swap = matches!(
+            (&self.previous, &self.current),
+            (Some(p), Some(c)) if p.local_idx == idx && !p.we_initiated && !c.we_initiated
+        );
+        if swap {
+            std::mem::swap(&mut self.previous, &mut self.current);
+        }
+    }
+
     /// The keys whose local index is `idx`.
     pub fn by_index(&mut self, idx: u32) -> Option<&mut Keys> {
         [self.current.as_mut(), self.previous.as_mut()]
