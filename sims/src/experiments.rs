@@ -555,6 +555,26 @@ fn success_series(scored: &[Scored], bin: f64, t0: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Routing-table entries per node over time: (mean, max) series.
+fn tables_figure(tables: (Vec<(f64, f64)>, Vec<(f64, f64)>)) -> Figure {
+    Figure {
+        stem: "tables".into(),
+        title: "Routing table entries".into(),
+        x_label: "virtual time (s)".into(),
+        y_label: "entries per node".into(),
+        series: vec![
+            Series {
+                name: "mean".into(),
+                points: tables.0,
+            },
+            Series {
+                name: "max".into(),
+                points: tables.1,
+            },
+        ],
+    }
+}
+
 fn hop_figure(scored: &[Scored]) -> Figure {
     let mut hist: std::collections::BTreeMap<u32, usize> = Default::default();
     let mut stretch: std::collections::BTreeMap<u32, usize> = Default::default();
@@ -714,22 +734,7 @@ fn converge(p: &Params) -> anyhow::Result<Report> {
                 points: curve,
             }],
         },
-        Figure {
-            stem: "tables".into(),
-            title: "Routing table entries".into(),
-            x_label: "virtual time (s)".into(),
-            y_label: "entries per node".into(),
-            series: vec![
-                Series {
-                    name: "mean".into(),
-                    points: tables.0,
-                },
-                Series {
-                    name: "max".into(),
-                    points: tables.1,
-                },
-            ],
-        },
+        tables_figure(tables),
         hop_figure(&all),
     ];
     Ok(Report {
@@ -802,22 +807,7 @@ fn reach(p: &Params, cost_run: bool) -> anyhow::Result<Report> {
             .map(|(a, b)| b.saturating_sub(a) as f64 / r.graph.n as f64);
     }
     let mut figures = vec![hop_figure(&scored), stretch_figure(&scored)];
-    figures.push(Figure {
-        stem: "tables".into(),
-        title: "Routing table entries".into(),
-        x_label: "virtual time (s)".into(),
-        y_label: "entries per node".into(),
-        series: vec![
-            Series {
-                name: "mean".into(),
-                points: tables.0,
-            },
-            Series {
-                name: "max".into(),
-                points: tables.1,
-            },
-        ],
-    });
+    figures.push(tables_figure(tables));
     if cost_run {
         figures.push(Figure {
             stem: "control_bytes".into(),

@@ -471,29 +471,9 @@ impl Mesh {
 
     /// Waits until node `i`'s TUN device exists and carries its address.
     fn wait_tun(&mut self, i: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let addr = self.addr(i);
-        loop {
-            let out = Command::new("ip")
-                .args(["-n", &self.ns[i], "-6", "addr", "show", "dev", TUN])
-                .output()
-                .expect("ip addr");
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&addr) {
-                return;
-            }
-            let node = self.nodes[i].as_mut().expect("started");
-            if let Ok(Some(st)) = node.child.try_wait() {
-                panic!(
-                    "meshd node {i} exited during start-up ({st}); log:\n{}",
-                    node.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i}: TUN {TUN} with address {addr} did not appear within {timeout:?}"
-            );
-            sleep(Duration::from_millis(20));
-        }
+        let (ns, addr) = (self.ns[i].clone(), self.addr(i));
+        let node = self.nodes[i].as_mut().expect("started");
+        wait_for_tun(&ns, &addr, i, node, TUN, timeout);
     }
 
     /// The running process of node `i`.
@@ -978,4 +958,31 @@ pub fn spawn_logged(c: &mut Command, log: std::fs::File) -> std::process::Child 
         .stdout(log.try_clone().expect("dup log"))
         .stderr(log);
     c.spawn().expect("spawn meshd")
+}
+
+/// Waits until TUN `tun` in namespace `ns` carries `addr` (node `i`'s address); fails at once,
+/// with the log, if node `i`'s process `p` exits first.
+pub fn wait_for_tun(ns: &str, addr: &str, i: usize, p: &mut Proc, tun: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-6", "addr", "show", "dev", tun])
+            .output()
+            .expect("ip addr");
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(addr) {
+            return;
+        }
+        if let Ok(Some(st)) = p.child.try_wait() {
+            panic!(
+                "meshd node {i} exited during start-up ({st}); log:\n{}",
+                p.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {i}: TUN {tun} with address {addr} did not appear within {timeout:?}; log:\n{}",
+            p.log_text()
+        );
+        sleep(Duration::from_millis(20));
+    }
 }

@@ -298,35 +298,8 @@ pub fn spawn_node(m: &Mesh, i: usize, mut c: Command, tun: &str) -> Proc {
         log: m.log_path(i),
         dump_on_panic: false,
     };
-    wait_tun(m, i, &mut p, tun, Duration::from_secs(10));
+    crate::common::wait_for_tun(m.ns(i), &m.addr(i), i, &mut p, tun, Duration::from_secs(10));
     p
-}
-
-/// Waits until TUN `tun` in node `i`'s namespace carries node `i`'s address.
-pub fn wait_tun(m: &Mesh, i: usize, p: &mut Proc, tun: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let addr = m.addr(i);
-    loop {
-        let out = Command::new("ip")
-            .args(["-n", m.ns(i), "-6", "addr", "show", "dev", tun])
-            .output()
-            .expect("ip addr");
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&addr) {
-            return;
-        }
-        if let Ok(Some(st)) = p.child.try_wait() {
-            panic!(
-                "meshd node {i} exited during start-up ({st}); log:\n{}",
-                p.log_text()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {i}: TUN {tun} with address {addr} did not appear within {timeout:?}; log:\n{}",
-            p.log_text()
-        );
-        sleep(Duration::from_millis(20));
-    }
 }
 
 /// Does device `dev` exist in node `i`'s namespace?
