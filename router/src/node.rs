@@ -964,6 +964,8 @@ impl Node {
         if self.next_self_lookup.is_none() {
             self.next_self_lookup = Some(now);
         }
+        // A new link may lead to what was unreachable: look again at the next packet.
+        self.unreachable_until.clear();
         self.announce_tree(now, Some(d));
         self.refresh_gap = Duration::from_secs(10);
         self.on_routes_changed(now, &[key.address()]);

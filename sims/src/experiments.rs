@@ -115,6 +115,12 @@ pub struct Params {
     pub speed: f64,
     /// `mobility`: seconds between topology updates.
     pub move_interval: f64,
+    /// `mobility` in rounds (meshnet-lab's procedure): every node jumps up to `jump` radio
+    /// ranges in a random direction, the mesh gets `settle` seconds, then `pairs` fresh random
+    /// pairs ping once each, spread over 2 s; repeat. `None`: continuous movement.
+    pub settle: Option<f64>,
+    /// `mobility` rounds: longest jump, in radio ranges.
+    pub jump: f64,
     /// Seconds of the quiet window (no probes) that measures control traffic.
     pub quiet: f64,
     /// Identity cache directory.
@@ -147,6 +153,8 @@ impl Params {
             churn_down: 10.0,
             speed: 0.05,
             move_interval: 2.0,
+            settle: None,
+            jump: 0.31,
             quiet: 10.0,
             id_cache: None,
             progress: false,
@@ -675,6 +683,7 @@ fn converge(p: &Params) -> anyhow::Result<Report> {
     let mut t = 0.0;
     let mut end = p.duration;
     while t < end {
+        let first = r.sim.probes.len();
         for (k, &(a, b)) in pairs.iter().enumerate() {
             if reached[k].is_none() && r.sim.alive(a) {
                 let id = r.sim.probe(a, b);
@@ -683,6 +692,17 @@ fn converge(p: &Params) -> anyhow::Result<Report> {
         }
         t += interval;
         r.advance(t);
+        if std::env::var_os("SIM_DEBUG").is_some() && converge_s.is_none() {
+            // Why this round's unanswered probes were not answered within the round.
+            let mut sp = Shortest::of(&r.sim);
+            let part = score(
+                &r.sim,
+                first..r.sim.probes.len(),
+                &mut sp,
+                Duration::from_secs_f64(interval),
+            );
+            explain_failures(&r.sim, &part, first, &mut sp);
+        }
         for k in 0..pairs.len() {
             if reached[k].is_none() {
                 reached[k] = probe_of[k]
@@ -1089,7 +1109,37 @@ fn churn(p: &Params) -> anyhow::Result<Report> {
     })
 }
 
+/// Cuts the links whose ends moved out of radio range (silently: the dialer stops dialing)
+/// and dials the new ones in range. Returns how many links changed.
+fn move_links(r: &mut Run, pos: &[(f64, f64)]) -> usize {
+    let g = geometric_edges(pos, 1.0);
+    let want: HashMap<(u32, u32), Duration> =
+        g.edges.iter().map(|e| ((e.a, e.b), e.latency)).collect();
+    let mut changed = 0;
+    for li in 0..r.sim.links.len() as u32 {
+        let l = &r.sim.links[li as usize];
+        let k = (l.a.min(l.b), l.a.max(l.b));
+        if l.up && !want.contains_key(&k) {
+            r.sim.remove_link(li);
+            changed += 1;
+        }
+    }
+    for e in &g.edges {
+        match r.sim.link_between(e.a, e.b) {
+            Some(li) if r.sim.links[li as usize].up => {}
+            _ => {
+                r.sim.add_link(e.a, e.b, e.latency);
+                changed += 1;
+            }
+        }
+    }
+    changed
+}
+
 fn mobility(p: &Params) -> anyhow::Result<Report> {
+    if p.settle.is_some() {
+        return mobility_rounds(p);
+    }
     // Positions come from a geometric graph of the same size and degree.
     let mut params = p.clone();
     params.topology = Topology::Synthetic(Kind::Geometric);
@@ -1132,27 +1182,7 @@ fn mobility(p: &Params) -> anyhow::Result<Report> {
                     pos[i] = (pos[i].0 + dx / d * step, pos[i].1 + dy / d * step);
                 }
             }
-            let g = geometric_edges(&pos, 1.0);
-            let want: HashMap<(u32, u32), Duration> =
-                g.edges.iter().map(|e| ((e.a, e.b), e.latency)).collect();
-            let mut changed = 0;
-            for li in 0..r.sim.links.len() as u32 {
-                let l = &r.sim.links[li as usize];
-                let k = (l.a.min(l.b), l.a.max(l.b));
-                if l.up && !want.contains_key(&k) {
-                    r.sim.remove_link(li);
-                    changed += 1;
-                }
-            }
-            for e in &g.edges {
-                match r.sim.link_between(e.a, e.b) {
-                    Some(li) if r.sim.links[li as usize].up => {}
-                    _ => {
-                        r.sim.add_link(e.a, e.b, e.latency);
-                        changed += 1;
-                    }
-                }
-            }
+            let changed = move_links(&mut r, &pos);
             changes.push((t - t0, changed as f64));
         }
         let first = r.sim.probes.len();
@@ -1188,6 +1218,91 @@ fn mobility(p: &Params) -> anyhow::Result<Report> {
         Figure {
             stem: "link_changes".into(),
             title: "Links made or broken per topology update".into(),
+            x_label: "virtual time since movement began (s)".into(),
+            y_label: "links changed (count)".into(),
+            series: vec![Series {
+                name: "changes".into(),
+                points: changes,
+            }],
+        },
+    ];
+    Ok(Report {
+        summary: s,
+        figures,
+    })
+}
+
+/// meshnet-lab's mobility procedure (its "mobility1" test): 50 radios on a square, each round
+/// every node jumps 0..`jump` ranges in a random direction, then after `settle` seconds
+/// `pairs` random pairs ping once each, spread over 2 s.
+fn mobility_rounds(p: &Params) -> anyhow::Result<Report> {
+    let settle = p.settle.unwrap_or(10.0).max(0.0);
+    let mut params = p.clone();
+    params.topology = Topology::Synthetic(Kind::Geometric);
+    let mut r = Run::new(&params)?;
+    let n = r.graph.n;
+    let mut pos = r.graph.positions.clone().expect("geometric has positions");
+    let side = (n as f64 * std::f64::consts::PI / p.degree.max(0.5)).sqrt();
+    let round = settle + 2.0;
+    let rounds = (p.duration / round).ceil().max(1.0) as usize;
+    r.set_total(p.warmup + rounds as f64 * round + 3.0);
+    r.start_all();
+    r.advance(p.warmup);
+    let cost = r.quiet_cost(p.quiet.clamp(0.1, 2.0));
+    let t0 = r.sim.secs();
+    let mut t = t0;
+    let mut spans = Vec::new();
+    let mut changes = Vec::new();
+    let batches = 4;
+    for _ in 0..rounds {
+        for q in pos.iter_mut() {
+            let rng = r.sim.rng();
+            let angle = rng.gen_range(0.0..std::f64::consts::TAU);
+            let d = rng.gen_range(0.0..=p.jump.max(0.0));
+            q.0 = (q.0 + d * angle.cos()).clamp(0.0, side);
+            q.1 = (q.1 + d * angle.sin()).clamp(0.0, side);
+        }
+        let changed = move_links(&mut r, &pos);
+        changes.push((t - t0, changed as f64));
+        t += settle;
+        r.advance(t);
+        let pairs = r.random_pairs(p.pairs);
+        let per = pairs.len().div_ceil(batches).max(1);
+        for chunk in pairs.chunks(per) {
+            let first = r.sim.probes.len();
+            send_flows(&mut r, chunk);
+            spans.push((first, r.sim.probes.len(), Shortest::of(&r.sim)));
+            t += 2.0 / batches as f64;
+            r.advance(t);
+        }
+    }
+    r.advance(t + 3.0);
+    r.pb.finish_and_clear();
+    let mut scored = Vec::new();
+    for (a, b, mut sp) in spans {
+        let part = score(&r.sim, a..b, &mut sp, Duration::from_secs(3));
+        explain_failures(&r.sim, &part, a, &mut sp);
+        scored.extend(part);
+    }
+    let mut s = r.summary(&scored, cost);
+    s.topology = format!("mobile-rounds-{}", r.graph.name);
+    let figures = vec![
+        Figure {
+            stem: "delivery".into(),
+            title: format!(
+                "Delivery {settle} s after each jump (up to {} ranges)",
+                p.jump
+            ),
+            x_label: "virtual time since movement began (s)".into(),
+            y_label: "pings answered within 3 s (fraction)".into(),
+            series: vec![Series {
+                name: "delivery".into(),
+                points: success_series(&scored, round, t0),
+            }],
+        },
+        Figure {
+            stem: "link_changes".into(),
+            title: "Links made or broken per jump".into(),
             x_label: "virtual time since movement began (s)".into(),
             y_label: "links changed (count)".into(),
             series: vec![Series {

@@ -78,6 +78,13 @@ struct Cli {
     /// mobility: seconds between topology updates.
     #[arg(long, default_value_t = 2.0)]
     move_interval: f64,
+    /// mobility in rounds, as meshnet-lab does: jump, wait this many seconds, then ping
+    /// (`--pairs` pings over 2 s). Without it, nodes move continuously.
+    #[arg(long)]
+    settle: Option<f64>,
+    /// mobility rounds: longest jump, radio ranges (meshnet-lab's 60 m of a ~195 m range).
+    #[arg(long, default_value_t = 0.31)]
+    jump: f64,
     /// Quiet window (no probes) measuring control traffic, virtual s.
     #[arg(long, default_value_t = 10.0)]
     quiet: f64,
@@ -127,6 +134,8 @@ fn main() -> anyhow::Result<()> {
     p.churn_down = c.churn_down;
     p.speed = c.speed;
     p.move_interval = c.move_interval;
+    p.settle = c.settle;
+    p.jump = c.jump;
     p.quiet = c.quiet;
     p.id_cache = (c.id_cache != "none").then(|| PathBuf::from(&c.id_cache));
     p.progress = std::io::stderr().is_terminal();
