@@ -1,11 +1,14 @@
 //! Per-packet cost of the Noise transport that links (hop to hop) and sessions (end to end)
-//! both use: one ChaCha20-Poly1305 pass plus snow's bookkeeping and the replay window.
+//! both use: one AEAD pass (ChaCha20-Poly1305, or AES-256-GCM where both ends have AES
+//! instructions) plus the counter and the replay window. The `aes_*` benchmarks force
+//! AES-256-GCM whatever the CPU: on one without AES instructions they measure ring's
+//! software fallback, which meshd would never negotiate.
 //!
 //! `cargo bench -p meshd-crypto`; under `cargo test` each benchmark runs once.
 
 use divan::counter::BytesCount;
 use divan::Bencher;
-use meshd_crypto::noise::{Handshake, Pattern, Transport, MAX_HANDSHAKE_LEN, TAG_LEN};
+use meshd_crypto::noise::{Handshake, Pattern, Suite, Transport, MAX_HANDSHAKE_LEN, TAG_LEN};
 use meshd_crypto::Identity;
 use rand::SeedableRng;
 
@@ -13,12 +16,17 @@ fn main() {
     divan::main();
 }
 
-/// An established pair, built the way the unit tests in `crypto/src/noise.rs` do.
-fn pair() -> (Transport, Transport) {
+/// An established pair on `suite`, built the way the unit tests in `crypto/src/noise.rs` do.
+fn pair(suite: Suite) -> (Transport, Transport) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let (a, b) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
-    let mut i = Handshake::initiator(&a, Pattern::XX, None, None).unwrap();
-    let mut r = Handshake::responder(&b, Pattern::XX, None).unwrap();
+    let aes = suite == Suite::Aes256Gcm;
+    let mut i = Handshake::initiator(&a, Pattern::XX, None, None)
+        .unwrap()
+        .with_aes_offer(aes);
+    let mut r = Handshake::responder(&b, Pattern::XX, None)
+        .unwrap()
+        .with_aes_offer(aes);
     let mut buf = [0u8; MAX_HANDSHAKE_LEN];
     let mut initiator_turn = true;
     while !(i.is_finished() && r.is_finished()) {
@@ -31,26 +39,48 @@ fn pair() -> (Transport, Transport) {
         }
         initiator_turn = !initiator_turn;
     }
-    (i.into_transport().unwrap().0, r.into_transport().unwrap().0)
+    let (tx, rx) = (i.into_transport().unwrap().0, r.into_transport().unwrap().0);
+    assert_eq!((tx.suite(), rx.suite()), (suite, suite));
+    (tx, rx)
 }
 
 const SIZES: [usize; 3] = [64, 1400, 16384];
 
-/// Encrypt one packet.
+/// Encrypt one packet (ChaCha20-Poly1305).
 #[divan::bench(args = SIZES)]
 fn encrypt(b: Bencher, len: usize) {
-    let (mut tx, _) = pair();
+    bench_encrypt(b, len, Suite::ChaCha20Poly1305);
+}
+
+/// Encrypt on one side and decrypt (with the replay check) on the other: one packet across
+/// one Noise hop (ChaCha20-Poly1305).
+#[divan::bench(args = SIZES)]
+fn encrypt_decrypt(b: Bencher, len: usize) {
+    bench_encrypt_decrypt(b, len, Suite::ChaCha20Poly1305);
+}
+
+/// Encrypt one packet (AES-256-GCM).
+#[divan::bench(args = SIZES)]
+fn aes_encrypt(b: Bencher, len: usize) {
+    bench_encrypt(b, len, Suite::Aes256Gcm);
+}
+
+/// One packet across one Noise hop (AES-256-GCM).
+#[divan::bench(args = SIZES)]
+fn aes_encrypt_decrypt(b: Bencher, len: usize) {
+    bench_encrypt_decrypt(b, len, Suite::Aes256Gcm);
+}
+
+fn bench_encrypt(b: Bencher, len: usize, suite: Suite) {
+    let (mut tx, _) = pair(suite);
     let plain = vec![0xabu8; len];
     let mut out = vec![0u8; len + TAG_LEN];
     b.counter(BytesCount::new(len))
         .bench_local(|| tx.encrypt(divan::black_box(&plain), &mut out).unwrap());
 }
 
-/// Encrypt on one side and decrypt (with the replay check) on the other: one packet across
-/// one Noise hop.
-#[divan::bench(args = SIZES)]
-fn encrypt_decrypt(b: Bencher, len: usize) {
-    let (mut tx, mut rx) = pair();
+fn bench_encrypt_decrypt(b: Bencher, len: usize, suite: Suite) {
+    let (mut tx, mut rx) = pair(suite);
     let plain = vec![0xabu8; len];
     let mut ct = vec![0u8; len + TAG_LEN];
     let mut pt = vec![0u8; len];

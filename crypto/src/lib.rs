@@ -3,7 +3,8 @@
 //! - [`Identity`]: a node's ed25519 key pair, the x25519 key Noise uses (derived from it), and
 //!   the node's [`Address`] in `fc00::/8`, which is the BLAKE2b-128 hash of the public key.
 //! - [`noise`]: Noise handshakes (XX when the peer's key is unknown, IK when it is pinned,
-//!   optional PSK as a network secret) and a stateless transport with explicit counters.
+//!   optional PSK as a network secret) and a stateless transport with explicit counters, on
+//!   ChaCha20-Poly1305 or, when both ends have AES instructions, AES-256-GCM.
 //! - [`ReplayWindow`]: a sliding window that accepts reordered packets and drops replays.
 #![deny(unsafe_code)]
 
