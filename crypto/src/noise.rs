@@ -202,8 +202,10 @@ pub struct Handshake {
     offer_aes: bool,
     /// The flags byte our identity payload carried, once sent.
     sent_flags: u8,
-    /// The flags byte the peer's identity payload carried (0 if it sent 32 bytes).
+    /// The flags byte the peer's payload carried (0 if it sent none).
     remote_flags: u8,
+    /// Whether the peer sent a flags byte at all (it understands them).
+    remote_flagged: bool,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -262,6 +264,7 @@ impl Handshake {
             offer_aes,
             sent_flags: 0,
             remote_flags: 0,
+            remote_flagged: false,
         })
     }
 
@@ -294,6 +297,7 @@ impl Handshake {
             offer_aes,
             sent_flags: 0,
             remote_flags: 0,
+            remote_flagged: false,
         })
     }
 
@@ -324,21 +328,32 @@ impl Handshake {
     }
 
     /// Writes the next handshake message into `out` (at least [`MAX_HANDSHAKE_LEN`] bytes).
+    ///
+    /// An initiator that offers AES says so from its first message: XX's first message (in
+    /// the clear, but part of the transcript) carries the flags byte alone, IK's first
+    /// message the key and flags. A responder sends a flags byte only to an initiator that
+    /// sent one: older nodes accept exactly the 32-byte key (and an empty XX first message),
+    /// so an older initiator never sees a payload it would refuse, and an older responder
+    /// refuses an offering initiator, which then tries again without the offer
+    /// ([`Handshake::with_aes_offer`]).
     pub fn write_message(&mut self, out: &mut [u8]) -> Result<usize, NoiseError> {
         // XX's first message goes in the clear: it carries no identity.
         let first_xx = self.pattern == Pattern::XX && self.messages == 0;
-        let flags = if self.offer_aes { FLAG_AES } else { 0 };
+        let may_flag = self.hs.is_initiator() || self.remote_flagged;
+        let flags = if self.offer_aes && may_flag {
+            FLAG_AES
+        } else {
+            0
+        };
         let mut payload = [0u8; 33];
         payload[..32].copy_from_slice(&self.local.0);
         payload[32] = flags;
-        // A zero flags byte is left off: that payload is exactly what older nodes send, and
-        // the only one they accept.
-        let len = match (first_xx, flags) {
-            (true, _) => 0,
-            (false, 0) => 32,
-            (false, _) => 33,
+        let n = match (first_xx, flags) {
+            (true, 0) => self.hs.write_message(&[], out)?,
+            (true, f) => self.hs.write_message(&[f], out)?,
+            (false, 0) => self.hs.write_message(&payload[..32], out)?,
+            (false, _) => self.hs.write_message(&payload, out)?,
         };
-        let n = self.hs.write_message(&payload[..len], out)?;
         self.messages += 1;
         if !first_xx {
             self.sent_flags = flags;
@@ -347,7 +362,8 @@ impl Handshake {
     }
 
     /// Reads the peer's next handshake message, checking the identity it carries: its
-    /// 32-byte ed25519 key, then optionally a flags byte (unknown bits are ignored).
+    /// 32-byte ed25519 key, then optionally a flags byte (unknown bits are ignored); or, as
+    /// XX's first message, nothing or the flags byte alone.
     pub fn read_message(&mut self, msg: &[u8]) -> Result<(), NoiseError> {
         let mut payload = [0u8; MAX_HANDSHAKE_LEN];
         let n = self.hs.read_message(msg, &mut payload)?;
@@ -365,10 +381,16 @@ impl Handshake {
                     }
                 }
                 self.remote = Some(key);
-                self.remote_flags = if n == 33 { payload[32] } else { 0 };
+                if n == 33 {
+                    self.remote_flagged = true;
+                    self.remote_flags = payload[32];
+                }
             } else if n != 0 || self.remote.is_none() {
                 return Err(NoiseError::NoIdentity);
             }
+        } else if n == 1 && self.pattern == Pattern::XX && !self.hs.is_initiator() {
+            self.remote_flagged = true;
+            self.remote_flags = payload[0];
         } else if n != 0 {
             return Err(NoiseError::NoIdentity);
         }
@@ -769,7 +791,7 @@ mod tests {
         for psk in [None, Some([7u8; 32])] {
             for (pattern, offer, want) in [
                 (Pattern::XX, false, vec![32, 128, 96]),
-                (Pattern::XX, true, vec![32, 129, 97]),
+                (Pattern::XX, true, vec![33, 129, 97]),
                 (Pattern::IK, false, vec![128, 80]),
                 (Pattern::IK, true, vec![129, 81]),
             ] {
@@ -1092,46 +1114,59 @@ mod tests {
     }
 
     #[test]
-    fn a_32_byte_identity_payload_means_no_flags() {
-        // A new node that offers AES reads an old node's 32-byte identity payload as flags 0.
+    fn a_new_responder_answers_an_old_initiator_without_flags() {
+        // An old initiator sends no flags, so a new responder that offers AES sends none
+        // back (the old node would refuse them) and the suite is ChaCha.
         let (a, b) = ids();
         let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-        // XX: the old responder's key comes in msg2.
-        let mut new = Handshake::initiator_offering(&a, Pattern::XX, None, None, true).unwrap();
-        let mut old = OldNode::new(&b, Pattern::XX, None);
-        let n = new.write_message(&mut buf).unwrap();
-        old.read(&buf[..n]).unwrap();
-        let n = old.write(&mut buf);
-        assert_eq!(n, 32 + 48 + 48);
-        new.read_message(&buf[..n]).unwrap();
-        assert_eq!(new.remote(), Some(b.public_key()));
-        assert_eq!(new.remote_flags, 0);
-        // IK: the old initiator's key comes in msg1; the new responder then offers AES, and
-        // the suite is still ChaCha.
-        let mut old = OldNode::new(&a, Pattern::IK, Some(&b.public_key()));
-        let mut new = Handshake::responder_offering(&b, Pattern::IK, None, true).unwrap();
-        let n = old.write(&mut buf);
-        new.read_message(&buf[..n]).unwrap();
-        assert_eq!(new.remote(), Some(a.public_key()));
-        assert_eq!(new.remote_flags, 0);
-        new.write_message(&mut buf).unwrap();
-        assert_eq!(new.sent_flags, FLAG_AES);
-        assert_eq!(new.suite(), Suite::ChaCha20Poly1305);
+        for pattern in [Pattern::XX, Pattern::IK] {
+            let mut old = match pattern {
+                Pattern::XX => OldNode::initiator_xx(&a),
+                Pattern::IK => OldNode::new(&a, pattern, Some(&b.public_key())),
+            };
+            let mut new = Handshake::responder_offering(&b, pattern, None, true).unwrap();
+            let n = old.write(&mut buf);
+            new.read_message(&buf[..n]).unwrap();
+            assert!(!new.remote_flagged);
+            let n = new.write_message(&mut buf).unwrap();
+            assert_eq!(new.sent_flags, 0);
+            old.read(&buf[..n]).unwrap();
+            assert_eq!(new.suite(), Suite::ChaCha20Poly1305);
+        }
+        // Every mix of old and new links when the new side offers nothing or responds.
+        for pattern in [Pattern::XX, Pattern::IK] {
+            let (t, _) = with_old_node(pattern, false, true).unwrap();
+            assert_eq!(t.suite(), Suite::ChaCha20Poly1305);
+        }
     }
 
     #[test]
-    fn old_nodes_refuse_a_new_node_that_offers_aes() {
-        // The limit of compatibility: an old node insists on a 32-byte payload, so it
-        // refuses the handshake of a new node that sends the flags byte. Nodes mixing
-        // versions need MESHD_CIPHER=chacha (or no AES hardware) on the new side.
+    fn old_nodes_refuse_an_offering_initiator() {
+        // An old node insists on an empty XX first message and a 32-byte key, so it refuses
+        // a new initiator's offer (silently, as any bad handshake): the router tries again
+        // without it.
         for pattern in [Pattern::XX, Pattern::IK] {
-            for new_first in [true, false] {
-                assert!(matches!(
-                    with_old_node(pattern, new_first, true),
-                    Err(NoiseError::NoIdentity)
-                ));
-            }
+            assert!(matches!(
+                with_old_node(pattern, true, true),
+                Err(NoiseError::NoIdentity)
+            ));
+            assert!(with_old_node(pattern, true, false).is_ok());
         }
+    }
+
+    #[test]
+    fn an_offer_stripped_in_flight_breaks_the_handshake() {
+        // XX's offer rides in the clear first message; it is part of the transcript, so a
+        // middlebox that strips it (to force ChaCha) breaks the responder's next message.
+        let (a, b) = ids();
+        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
+        let mut i = Handshake::initiator_offering(&a, Pattern::XX, None, None, true).unwrap();
+        let mut r = Handshake::responder_offering(&b, Pattern::XX, None, true).unwrap();
+        let n = i.write_message(&mut buf).unwrap();
+        assert_eq!(n, 33);
+        r.read_message(&buf[..32]).unwrap();
+        let n = r.write_message(&mut buf).unwrap();
+        assert!(i.read_message(&buf[..n]).is_err());
     }
 
     #[test]

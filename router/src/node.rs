@@ -6,7 +6,7 @@
 //! with a UDP socket and a TUN device; the simulator drives thousands of them on a virtual
 //! clock.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,8 @@ const IDLE_PROBE_AFTER: Duration = Duration::from_millis(1500);
 const IDLE_DEAD_AFTER: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Most endpoints whose next handshake offer ([`Node::link_offer`]) is remembered.
+const MAX_LINK_OFFERS: usize = 1024;
 /// A link down this long with nothing configured for it is forgotten.
 const FORGET_LINK_AFTER: Duration = Duration::from_secs(600);
 
@@ -244,6 +246,8 @@ pub struct Node {
     /// Destinations whose lookup just failed: until when packets to them are answered with
     /// unreachable at once, and how many lookups in a row failed.
     pub(crate) unreachable_until: BTreeMap<Address, (Instant, u32)>,
+    /// Per endpoint we dial: whether our next link handshake offers AES.
+    link_offers: HashMap<SocketAddr, bool>,
     pub(crate) counters: Counters,
     pub(crate) scratch: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
@@ -298,6 +302,7 @@ impl Node {
             next_expire: now,
             last_tree_lookup: None,
             unreachable_until: BTreeMap::new(),
+            link_offers: HashMap::new(),
             counters: Counters::default(),
             scratch: Vec::new(),
             pending_lookup_steps: Vec::new(),
@@ -667,13 +672,14 @@ impl Node {
         } else {
             Pattern::XX
         };
+        let offer = self.link_offer(endpoint);
         let mut hs = match Handshake::initiator(
             &self.id,
             pattern,
             key.as_ref(),
             self.cfg.network_psk.as_ref(),
         ) {
-            Ok(h) => h,
+            Ok(h) => h.with_aes_offer(offer),
             Err(e) => {
                 tracing::warn!("cannot start handshake to {endpoint}: {e}");
                 return;
@@ -839,6 +845,22 @@ impl Node {
         self.finish_link_handshake(now, from, p.hs, receiver, sender, None);
     }
 
+    /// Whether the next link handshake we start towards `endpoint` offers AES-256-GCM.
+    /// An older node silently refuses an offer, so offers and plain tries alternate until
+    /// one links; then the kind that linked is kept for the rekeys.
+    fn link_offer(&mut self, endpoint: SocketAddr) -> bool {
+        if !crypto::noise::aes_offered() {
+            return false;
+        }
+        if self.link_offers.len() >= MAX_LINK_OFFERS {
+            self.link_offers.clear();
+        }
+        let next = self.link_offers.entry(endpoint).or_insert(true);
+        let offer = *next;
+        *next = !offer;
+        offer
+    }
+
     fn finish_link_handshake(
         &mut self,
         now: Instant,
@@ -853,6 +875,10 @@ impl Node {
             self.counters.drop_handshake_failed += 1;
             return;
         };
+        if we_initiated && crypto::noise::aes_offered() {
+            let aes = transport.suite() == crypto::noise::Suite::Aes256Gcm;
+            self.link_offers.insert(from, aes);
+        }
         self.counters.handshakes_completed += 1;
         let configured = dial.and_then(|id| self.dials.get_mut(&id)).map(|d| {
             d.linked = Some(key);
@@ -948,7 +974,8 @@ impl Node {
         l.down_since = None;
         l.backoff = FIRST_BACKOFF;
         let key = l.key;
-        tracing::info!(peer = %key.address(), director = d, endpoint = %l.endpoint, "link up");
+        let suite = l.keys.current.as_ref().map(|k| k.transport.suite());
+        tracing::info!(peer = %key.address(), director = d, endpoint = %l.endpoint, suite = ?suite, "link up");
         self.events.push_back(Event::LinkUp(key));
         if let Some(d) = self.direct.get_mut(&key.address()) {
             d.state = crate::routing::DirectState::Linked;

@@ -262,9 +262,12 @@ impl Node {
             self.start_lookup(now, addr, None);
             return;
         };
-        let Ok(mut hs) = Handshake::initiator(&self.id, Pattern::IK, Some(&key), None) else {
+        let Ok(hs) = Handshake::initiator(&self.id, Pattern::IK, Some(&key), None) else {
             return;
         };
+        // An older node silently refuses an AES offer: every other try goes without one.
+        let attempts = self.sessions.get(&addr).map_or(0, |s| s.hs_attempts);
+        let mut hs = hs.with_aes_offer(crypto::noise::aes_offered() && attempts & 1 == 0);
         let idx = self.new_index();
         let Some(msg) = wire::handshake_message(msg_type::INIT_IK, idx, None, &mut hs) else {
             return;
