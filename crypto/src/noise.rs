@@ -13,9 +13,12 @@
 //! # Transport suites
 //!
 //! The identity payload is the 32-byte key followed by a flags byte; bit 0 ([`FLAG_AES`])
-//! says "I have AES instructions and accept AES-256-GCM" ([`aes_offered`]). A flags byte of
-//! zero is not sent (the payload stays 32 bytes, as older nodes send and expect), and a
-//! 32-byte payload reads as flags 0. When both sides set bit 0 the transport runs
+//! says "I have AES instructions and accept AES-256-GCM" ([`aes_offered`]). Older nodes accept
+//! only the 32-byte key (and an empty XX first message), so flags go only where they are
+//! understood: an initiator that offers says so from its first message (XX: the flags byte
+//! alone; IK: key and flags), and a responder sends flags only to an initiator that sent
+//! some. An older responder refuses an offer, so the router alternates offering and plain
+//! tries. A 32-byte payload reads as flags 0. When both sides set bit 0 the transport runs
 //! AES-256-GCM, else ChaCha20-Poly1305 ([`Suite`]); the handshake itself is always
 //! ChaChaPoly, as the pattern names say. Either way the transport keys are Noise's `Split()`
 //! of the finished handshake, and nonces are Noise's: 4 zero bytes then the counter,
