@@ -38,6 +38,13 @@ for b in Geant2012 Cogentco Kdl; do
 done
 run churn-ba-100 churn --topology ba --nodes 100 --seed 1 --duration 60
 run mobility-100 mobility --nodes 100 --seed 1 --duration 60
+# meshnet-lab's procedure: 50 radios, ~150 links, jumps of up to 10/30/60 m of a ~195 m
+# range, pings 10 or 30 s after each jump.
+for j in 0.05 0.15 0.31; do
+  for st in 10 30; do
+    run mobility-rounds-$j-$st mobility --nodes 50 --degree 7 --settle $st --jump $j --seed 1 --duration 120
+  done
+done
 run cost-ba-1000 cost --topology ba --nodes 1000 --seed 1 --warmup 60
 # 10,000 nodes (about 4 minutes each on this machine): SKIP_BIG=1 leaves them out.
 if [ -z "${SKIP_BIG:-}" ]; then
