@@ -571,13 +571,13 @@ impl Node {
             self.on_routes_changed(now, &[addr]);
             return;
         }
-        // Back off: 0.25, 0.5, 1, 2, then 4 s (short: at a cold start lookups fail until the
-        // mesh has settled, and a node that comes back should be found soon).
+        // Back off: 50 ms doubling up to 4 s (short at first: at a cold start lookups fail
+        // until the mesh has settled, and a node that comes back should be found soon).
         let strikes = match self.unreachable_until.get(&addr) {
             Some(&(until, n)) if now.saturating_duration_since(until) < UNREACHABLE_FORGET => n + 1,
             _ => 1,
         };
-        let wait = Duration::from_millis(250 << (strikes - 1).min(4));
+        let wait = Duration::from_millis(50 << (strikes - 1).min(7)).min(Duration::from_secs(4));
         if self.unreachable_until.len() >= UNREACHABLE_MAX {
             self.unreachable_until
                 .retain(|_, (until, _)| now.saturating_duration_since(*until) < UNREACHABLE_FORGET);
