@@ -1285,14 +1285,11 @@ fn mobility_rounds(p: &Params) -> anyhow::Result<Report> {
         scored.extend(part);
     }
     let mut s = r.summary(&scored, cost);
-    s.topology = format!("mobile-rounds-{}", r.graph.name);
+    s.topology = format!("rounds-{}", r.graph.name);
     let figures = vec![
         Figure {
             stem: "delivery".into(),
-            title: format!(
-                "Delivery {settle} s after each jump (up to {} ranges)",
-                p.jump
-            ),
+            title: format!("Delivery {settle} s after jumps of up to {} ranges", p.jump),
             x_label: "virtual time since movement began (s)".into(),
             y_label: "pings answered within 3 s (fraction)".into(),
             series: vec![Series {

@@ -110,8 +110,10 @@ pub fn line_plot(
     y1 += (y1 - y0) * 0.05;
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE)?;
+    // Long titles get a smaller font, so they fit the 800 px width.
+    let caption_px = (1500.0 / title.chars().count().max(1) as f64).clamp(12.0, 20.0);
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, ("sans-serif", caption_px))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
