@@ -25,6 +25,8 @@ pub const VNET_HDR: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 const UDP_BUFS: usize = 8;
 /// Segments per TUN read: a 64 KB super-packet in MTU-sized pieces.
 const TUN_SEGMENTS: usize = 64;
+/// UDP receive buffer asked for.
+const RECV_BUFFER: usize = 4 << 20;
 /// Room for one segment (the TUN MTU is well under this).
 const SEGMENT_BUF: usize = 4096;
 // Buffers are made one by one (`vec![0; n]` is a fresh zeroed allocation the kernel backs
@@ -46,9 +48,22 @@ impl Udp {
         let state = UdpSocketState::new((&sock).into())?;
         // Enough to absorb a burst (GRO hands over 64 KB at a time) without drops, small
         // enough not to hold tens of ms of queue at line rate (bufferbloat raised RTT under load).
-        // 2 MiB: with TUN writes coalesced the node moves ~3 Gbit/s, and 1 MiB overflowed
-        // (17k TCP retransmits in 3 s, none with 2 MiB; RTT under load 2.8 -> 4 ms).
-        let _ = state.set_recv_buffer_size((&sock).into(), 2 << 20);
+        // 4 MiB: at 5-6 Gbit/s (AES) 2 MiB overflowed with 4 TCP streams (4-8k retransmits in
+        // 3 s one hop, 13-16k through a forwarding node; 0 and 0.8-1.8k with 4 MiB, RTT under
+        // load unchanged). 1 MiB already overflowed at ~3 Gbit/s.
+        let _ = state.set_recv_buffer_size((&sock).into(), RECV_BUFFER);
+        // Linux caps the request at net.core.rmem_max (208 KiB on many systems) and reports
+        // twice what it granted.
+        if let Ok(got) = state.recv_buffer_size((&sock).into()) {
+            if got / 2 < RECV_BUFFER {
+                tracing::warn!(
+                    granted = got / 2,
+                    wanted = RECV_BUFFER,
+                    "UDP receive buffer capped by net.core.rmem_max: fast links may drop \
+                     packets (raise it with `sysctl -w net.core.rmem_max={RECV_BUFFER}`)"
+                );
+            }
+        }
         let _ = state.set_send_buffer_size((&sock).into(), 256 << 10);
         let v6 = sock.local_addr()?.is_ipv6();
         Ok(Udp {
