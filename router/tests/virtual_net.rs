@@ -291,22 +291,35 @@ fn line_of_six_end_to_end() {
     );
 }
 
+/// The middle of five numbers: a lossy run's outcome depends on which packets its seed drops
+/// (one in twenty-five seeds loses the first lookup or handshake and, with it, most of the
+/// flow), so these tests judge the median of five seeds, not one.
+fn median_of_five(mut got: Vec<usize>) -> usize {
+    assert_eq!(got.len(), 5);
+    got.sort_unstable();
+    got[2]
+}
+
 #[test]
 fn lossy_links_still_deliver() {
-    let mut net = Net::new(4, 6, |_| NodeConfig::default());
-    net.loss = 0.1;
-    for i in 0..3 {
-        net.connect(i, i + 1, false);
-    }
-    net.run_for(Duration::from_secs(6));
-    for s in 0..50 {
-        net.ping(0, 3, s);
-        net.run_for(Duration::from_millis(50));
-    }
-    net.run_for(Duration::from_secs(1));
-    let got = (0..50).filter(|&s| net.received(3, s).is_some()).count();
+    let got: Vec<usize> = (6..11)
+        .map(|seed| {
+            let mut net = Net::new(4, seed, |_| NodeConfig::default());
+            net.loss = 0.1;
+            for i in 0..3 {
+                net.connect(i, i + 1, false);
+            }
+            net.run_for(Duration::from_secs(6));
+            for s in 0..50 {
+                net.ping(0, 3, s);
+                net.run_for(Duration::from_millis(50));
+            }
+            net.run_for(Duration::from_secs(1));
+            (0..50).filter(|&s| net.received(3, s).is_some()).count()
+        })
+        .collect();
     // Three lossy hops each way lose ~27% of packets; all must not be lost.
-    assert!(got >= 25, "got {got}/50");
+    assert!(median_of_five(got.clone()) >= 25, "got {got:?} of 50");
 }
 
 #[test]
@@ -607,32 +620,34 @@ fn idle_link_that_starts_carrying_traffic_stays_up() {
 /// sessions still work, and nothing a reordered packet carries is refused as a replay.
 #[test]
 fn reordering_and_loss_are_survived() {
-    let mut net = Net::new(4, 15, |_| NodeConfig::default());
-    net.jitter = Duration::from_millis(8);
-    net.loss = 0.05;
-    for i in 0..3 {
-        net.connect(i, i + 1, false);
-    }
-    net.run_for(Duration::from_secs(5));
-    // Bursts, so that packets of one flow overtake each other.
-    for s in 0..100u16 {
-        net.ping(0, 3, s);
-        if s % 5 == 4 {
-            net.run_for(Duration::from_millis(100));
+    let mut got = Vec::new();
+    for seed in 15..20 {
+        let mut net = Net::new(4, seed, |_| NodeConfig::default());
+        net.jitter = Duration::from_millis(8);
+        net.loss = 0.05;
+        for i in 0..3 {
+            net.connect(i, i + 1, false);
         }
+        net.run_for(Duration::from_secs(5));
+        // Bursts, so that packets of one flow overtake each other.
+        for s in 0..100u16 {
+            net.ping(0, 3, s);
+            if s % 5 == 4 {
+                net.run_for(Duration::from_millis(100));
+            }
+        }
+        net.run_for(Duration::from_secs(2));
+        got.push((0..100).filter(|&s| net.received(3, s).is_some()).count());
+        let replays: u64 = net.nodes.iter().map(|n| n.counters().drop_replay).sum();
+        assert_eq!(
+            replays, 0,
+            "reordered packets were refused as replays (seed {seed})"
+        );
+        let downs: u64 = net.nodes.iter().map(|n| n.counters().links_down).sum();
+        assert_eq!(downs, 0, "links flapped under reordering (seed {seed})");
     }
-    net.run_for(Duration::from_secs(2));
-    let got = (0..100).filter(|&s| net.received(3, s).is_some()).count();
     // Three lossy hops lose ~14%; everything else must arrive.
-    assert!(
-        got >= 70,
-        "got {got}/100; node 3: {:?}",
-        net.nodes[3].counters()
-    );
-    let replays: u64 = net.nodes.iter().map(|n| n.counters().drop_replay).sum();
-    assert_eq!(replays, 0, "reordered packets were refused as replays");
-    let downs: u64 = net.nodes.iter().map(|n| n.counters().links_down).sum();
-    assert_eq!(downs, 0, "links flapped under reordering");
+    assert!(median_of_five(got.clone()) >= 70, "got {got:?} of 100");
 }
 
 /// A 4x4 grid: every node agrees on the largest key as root and reaches every other node over
