@@ -48,6 +48,8 @@ pub(crate) const ACTIVE_WINDOW: Duration = Duration::from_millis(1000);
 const ACTIVE_PROBE_AFTER: Duration = Duration::from_millis(150);
 const ACTIVE_PROBE_EVERY: Duration = Duration::from_millis(100);
 const ACTIVE_DEAD_AFTER: Duration = Duration::from_millis(600);
+/// A busy link whose probes went unanswered this long gets a fresh handshake.
+const ACTIVE_REKEY_UNANSWERED: Duration = Duration::from_millis(200);
 const IDLE_PROBE_AFTER: Duration = Duration::from_millis(1500);
 const IDLE_DEAD_AFTER: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
@@ -614,7 +616,19 @@ impl Node {
                     self.send_on_link(now, d, link_kind::PING, &seq.to_le_bytes());
                 }
                 let l = self.links[d as usize].as_ref().expect("link");
-                if l.keys.needs_handshake(now) && now >= l.redial_at {
+                // Probes going unanswered may mean the peer no longer holds our keys: when
+                // several tries of a handshake cross on a lossy link, the peer answers a later
+                // try (and keeps only the last two) while we completed an earlier one, and
+                // everything we send is then unreadable to it. A fresh handshake settles that
+                // within a round trip, well before the link counts as dead; a dead peer
+                // doesn't answer it either.
+                let unanswered_for = if active {
+                    ACTIVE_REKEY_UNANSWERED
+                } else {
+                    IDLE_PROBE_AFTER
+                };
+                let keys_in_doubt = probed_for > unanswered_for;
+                if (l.keys.needs_handshake(now) || keys_in_doubt) && now >= l.redial_at {
                     let (ep, key) = (l.endpoint, l.key);
                     let l = self.links[d as usize].as_mut().expect("link");
                     l.redial_at = now + Duration::from_secs(2);
