@@ -1109,6 +1109,18 @@ fn churn(p: &Params) -> anyhow::Result<Report> {
     })
 }
 
+/// Scores probes sent in batches against the graph each batch saw (a 3 s deadline, as
+/// meshnet-lab's pings), explaining failures under `SIM_DEBUG`.
+fn score_spans(sim: &Sim, spans: Vec<(usize, usize, Shortest)>) -> Vec<Scored> {
+    let mut scored = Vec::new();
+    for (a, b, mut sp) in spans {
+        let part = score(sim, a..b, &mut sp, Duration::from_secs(3));
+        explain_failures(sim, &part, a, &mut sp);
+        scored.extend(part);
+    }
+    scored
+}
+
 /// Cuts the links whose ends moved out of radio range (silently: the dialer stops dialing)
 /// and dials the new ones in range. Returns how many links changed.
 fn move_links(r: &mut Run, pos: &[(f64, f64)]) -> usize {
@@ -1193,12 +1205,7 @@ fn mobility(p: &Params) -> anyhow::Result<Report> {
     }
     r.advance(t_end + 3.0);
     r.pb.finish_and_clear();
-    let mut scored = Vec::new();
-    for (a, b, mut sp) in spans {
-        let part = score(&r.sim, a..b, &mut sp, Duration::from_secs(3));
-        explain_failures(&r.sim, &part, a, &mut sp);
-        scored.extend(part);
-    }
+    let scored = score_spans(&r.sim, spans);
     let mut s = r.summary(&scored, cost);
     s.topology = format!("mobile-{}", r.graph.name);
     let figures = vec![
@@ -1278,12 +1285,7 @@ fn mobility_rounds(p: &Params) -> anyhow::Result<Report> {
     }
     r.advance(t + 3.0);
     r.pb.finish_and_clear();
-    let mut scored = Vec::new();
-    for (a, b, mut sp) in spans {
-        let part = score(&r.sim, a..b, &mut sp, Duration::from_secs(3));
-        explain_failures(&r.sim, &part, a, &mut sp);
-        scored.extend(part);
-    }
+    let scored = score_spans(&r.sim, spans);
     let mut s = r.summary(&scored, cost);
     s.topology = format!("rounds-{}", r.graph.name);
     let figures = vec![
