@@ -153,6 +153,7 @@ pub fn run(args: CtlArgs, admin: SocketAddr, token: String) -> Result<()> {
                             p.rx_bytes.to_string(),
                             p.tx_bytes.to_string(),
                             format!("{:.1}", p.last_seen_s),
+                            p.cipher.unwrap_or_else(|| "-".into()),
                             p.public_key,
                         ]
                     })
@@ -166,6 +167,7 @@ pub fn run(args: CtlArgs, admin: SocketAddr, token: String) -> Result<()> {
                         "RX_BYTES",
                         "TX_BYTES",
                         "SEEN_S",
+                        "CIPHER",
                         "PUBLIC_KEY",
                     ],
                     rows,

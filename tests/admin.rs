@@ -58,6 +58,11 @@ fn check_peer(p: &Value) {
         uint(&p[k], k);
     }
     assert!(num(&p["last_seen_s"], "last_seen_s") >= 0.0, "{p}");
+    assert!(
+        p["cipher"].is_null()
+            || ["aes-256-gcm", "chacha20-poly1305"].contains(&string(&p["cipher"], "peer.cipher")),
+        "{p}"
+    );
 }
 
 /// Checks a PathAnswer object.
@@ -123,6 +128,14 @@ fn every_endpoint_and_ctl_command_over_a_line_of_three_hops() {
             "node 1's peer {a} should be at {ip}: {p}"
         );
         assert!(uint(&p["rx_packets"], "rx_packets") > 0, "{p}");
+        // Both ends run here, on the same CPU and environment: AES when it has the
+        // instructions (and MESHD_CIPHER isn't chacha), else ChaCha.
+        let cipher = if crypto::noise::aes_offered() {
+            "aes-256-gcm"
+        } else {
+            "chacha20-poly1305"
+        };
+        assert_eq!(p["cipher"], cipher, "{p}");
     }
 
     // GET /v1/routes on node 0: node 1 one hop, node 2 two, node 3 three.

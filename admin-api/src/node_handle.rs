@@ -143,6 +143,7 @@ impl Executor {
                         rx_packets: p.stats.rx_packets,
                         tx_packets: p.stats.tx_packets,
                         last_seen_s: p.last_seen.as_secs_f64(),
+                        cipher: p.cipher.map(|c| c.id().to_string()),
                     })
                     .collect();
                 let _ = r.send(peers);

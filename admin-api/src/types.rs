@@ -46,6 +46,10 @@ pub struct Peer {
     pub tx_packets: u64,
     /// Seconds since the last packet from the peer.
     pub last_seen_s: f64,
+    /// The link's cipher, `aes-256-gcm` when both ends have AES instructions, else
+    /// `chacha20-poly1305`; null before the first handshake (and from nodes that predate it).
+    #[serde(default)]
+    pub cipher: Option<String>,
 }
 
 /// `POST /v1/peers`.

@@ -78,6 +78,14 @@ pub enum Suite {
 }
 
 impl Suite {
+    /// Lower-case name for APIs and logs: `chacha20-poly1305` or `aes-256-gcm`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Suite::ChaCha20Poly1305 => "chacha20-poly1305",
+            Suite::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
     /// The suite's name as Noise spells its cipher (`ChaChaPoly`, `AESGCM`).
     pub fn noise_name(self) -> &'static str {
         match self {

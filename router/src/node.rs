@@ -201,6 +201,8 @@ pub struct PeerInfo {
     pub last_seen: Duration,
     /// Where the peer sees us.
     pub observed: Option<SocketAddr>,
+    /// The cipher of the keys we send with (none before the first handshake).
+    pub cipher: Option<crypto::noise::Suite>,
 }
 
 /// One meshd node.
@@ -406,6 +408,7 @@ impl Node {
                 stats: l.stats,
                 last_seen: now.saturating_duration_since(l.last_rx),
                 observed: l.observed,
+                cipher: l.keys.current.as_ref().map(|k| k.transport.suite()),
             })
             .collect()
     }
