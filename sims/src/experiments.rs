@@ -1109,6 +1109,37 @@ fn churn(p: &Params) -> anyhow::Result<Report> {
     })
 }
 
+/// The two plots of a mobility run: delivery over time, and links changed per move.
+fn mobility_figures(
+    delivery_title: String,
+    delivery: Vec<(f64, f64)>,
+    changes_title: &str,
+    changes: Vec<(f64, f64)>,
+) -> Vec<Figure> {
+    vec![
+        Figure {
+            stem: "delivery".into(),
+            title: delivery_title,
+            x_label: "virtual time since movement began (s)".into(),
+            y_label: "pings answered within 3 s (fraction)".into(),
+            series: vec![Series {
+                name: "delivery".into(),
+                points: delivery,
+            }],
+        },
+        Figure {
+            stem: "link_changes".into(),
+            title: changes_title.into(),
+            x_label: "virtual time since movement began (s)".into(),
+            y_label: "links changed (count)".into(),
+            series: vec![Series {
+                name: "changes".into(),
+                points: changes,
+            }],
+        },
+    ]
+}
+
 /// Scores probes sent in batches against the graph each batch saw (a 3 s deadline, as
 /// meshnet-lab's pings), explaining failures under `SIM_DEBUG`.
 fn score_spans(sim: &Sim, spans: Vec<(usize, usize, Shortest)>) -> Vec<Scored> {
@@ -1208,31 +1239,15 @@ fn mobility(p: &Params) -> anyhow::Result<Report> {
     let scored = score_spans(&r.sim, spans);
     let mut s = r.summary(&scored, cost);
     s.topology = format!("mobile-{}", r.graph.name);
-    let figures = vec![
-        Figure {
-            stem: "delivery".into(),
-            title: format!(
-                "Delivery while moving ({} ranges/s, topology every {} s)",
-                p.speed, p.move_interval
-            ),
-            x_label: "virtual time since movement began (s)".into(),
-            y_label: "round trips answered within 3 s (fraction)".into(),
-            series: vec![Series {
-                name: "delivery".into(),
-                points: success_series(&scored, 2.0, t0),
-            }],
-        },
-        Figure {
-            stem: "link_changes".into(),
-            title: "Links made or broken per topology update".into(),
-            x_label: "virtual time since movement began (s)".into(),
-            y_label: "links changed (count)".into(),
-            series: vec![Series {
-                name: "changes".into(),
-                points: changes,
-            }],
-        },
-    ];
+    let figures = mobility_figures(
+        format!(
+            "Delivery while moving ({} ranges/s, topology every {} s)",
+            p.speed, p.move_interval
+        ),
+        success_series(&scored, 2.0, t0),
+        "Links made or broken per topology update",
+        changes,
+    );
     Ok(Report {
         summary: s,
         figures,
@@ -1288,28 +1303,12 @@ fn mobility_rounds(p: &Params) -> anyhow::Result<Report> {
     let scored = score_spans(&r.sim, spans);
     let mut s = r.summary(&scored, cost);
     s.topology = format!("rounds-{}", r.graph.name);
-    let figures = vec![
-        Figure {
-            stem: "delivery".into(),
-            title: format!("Delivery {settle} s after jumps of up to {} ranges", p.jump),
-            x_label: "virtual time since movement began (s)".into(),
-            y_label: "pings answered within 3 s (fraction)".into(),
-            series: vec![Series {
-                name: "delivery".into(),
-                points: success_series(&scored, round, t0),
-            }],
-        },
-        Figure {
-            stem: "link_changes".into(),
-            title: "Links made or broken per jump".into(),
-            x_label: "virtual time since movement began (s)".into(),
-            y_label: "links changed (count)".into(),
-            series: vec![Series {
-                name: "changes".into(),
-                points: changes,
-            }],
-        },
-    ];
+    let figures = mobility_figures(
+        format!("Delivery {settle} s after jumps of up to {} ranges", p.jump),
+        success_series(&scored, round, t0),
+        "Links made or broken per jump",
+        changes,
+    );
     Ok(Report {
         summary: s,
         figures,
