@@ -616,19 +616,27 @@ mod tests {
     /// Both ends' transports and the peer keys they verified.
     type Pair = ((Transport, PublicKey), (Transport, PublicKey));
 
-    fn run(mut i: Handshake, mut r: Handshake) -> Result<Pair, NoiseError> {
+    /// Passes messages between the two sides until both are done; the messages' lengths.
+    fn pump(i: &mut Handshake, r: &mut Handshake) -> Result<Vec<usize>, NoiseError> {
         let mut buf = [0u8; MAX_HANDSHAKE_LEN];
+        let mut lens = Vec::new();
         let mut initiator_turn = true;
         while !(i.is_finished() && r.is_finished()) {
-            if initiator_turn {
-                let n = i.write_message(&mut buf)?;
-                r.read_message(&buf[..n])?;
+            let (w, rd) = if initiator_turn {
+                (&mut *i, &mut *r)
             } else {
-                let n = r.write_message(&mut buf)?;
-                i.read_message(&buf[..n])?;
-            }
+                (&mut *r, &mut *i)
+            };
+            let n = w.write_message(&mut buf)?;
+            rd.read_message(&buf[..n])?;
+            lens.push(n);
             initiator_turn = !initiator_turn;
         }
+        Ok(lens)
+    }
+
+    fn run(mut i: Handshake, mut r: Handshake) -> Result<Pair, NoiseError> {
+        pump(&mut i, &mut r)?;
         Ok((i.into_transport()?, r.into_transport()?))
     }
 
@@ -724,18 +732,7 @@ mod tests {
         let mut i = Handshake::initiator_offering(&a, pattern, Some(&b.public_key()), psk, offer_i)
             .unwrap();
         let mut r = Handshake::responder_offering(&b, pattern, psk, offer_r).unwrap();
-        let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-        let mut initiator_turn = true;
-        while !(i.is_finished() && r.is_finished()) {
-            if initiator_turn {
-                let n = i.write_message(&mut buf).unwrap();
-                r.read_message(&buf[..n]).unwrap();
-            } else {
-                let n = r.write_message(&mut buf).unwrap();
-                i.read_message(&buf[..n]).unwrap();
-            }
-            initiator_turn = !initiator_turn;
-        }
+        pump(&mut i, &mut r).unwrap();
         (i, r)
     }
 
@@ -817,20 +814,7 @@ mod tests {
                 .unwrap();
                 let mut r =
                     Handshake::responder_offering(&b, pattern, psk.as_ref(), offer).unwrap();
-                let mut lens = Vec::new();
-                let mut buf = [0u8; MAX_HANDSHAKE_LEN];
-                let mut initiator_turn = true;
-                while !(i.is_finished() && r.is_finished()) {
-                    let (w, rd) = if initiator_turn {
-                        (&mut i, &mut r)
-                    } else {
-                        (&mut r, &mut i)
-                    };
-                    let n = w.write_message(&mut buf).unwrap();
-                    rd.read_message(&buf[..n]).unwrap();
-                    lens.push(n);
-                    initiator_turn = !initiator_turn;
-                }
+                let lens = pump(&mut i, &mut r).unwrap();
                 // XXpsk0's first message has an (empty) encrypted payload: +16.
                 let mut want = want;
                 if psk.is_some() && pattern == Pattern::XX {

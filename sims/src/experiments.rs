@@ -1140,6 +1140,13 @@ fn mobility_figures(
     ]
 }
 
+/// Sends one probe per flow now; the span of probes it made, with the graph they saw.
+fn send_batch(r: &mut Run, flows: &[(u32, u32)]) -> (usize, usize, Shortest) {
+    let first = r.sim.probes.len();
+    send_flows(r, flows);
+    (first, r.sim.probes.len(), Shortest::of(&r.sim))
+}
+
 /// Scores probes sent in batches against the graph each batch saw (a 3 s deadline, as
 /// meshnet-lab's pings), explaining failures under `SIM_DEBUG`.
 fn score_spans(sim: &Sim, spans: Vec<(usize, usize, Shortest)>) -> Vec<Scored> {
@@ -1228,9 +1235,7 @@ fn mobility(p: &Params) -> anyhow::Result<Report> {
             let changed = move_links(&mut r, &pos);
             changes.push((t - t0, changed as f64));
         }
-        let first = r.sim.probes.len();
-        send_flows(&mut r, &flows);
-        spans.push((first, r.sim.probes.len(), Shortest::of(&r.sim)));
+        spans.push(send_batch(&mut r, &flows));
         t += every;
         r.advance(t);
     }
@@ -1291,9 +1296,7 @@ fn mobility_rounds(p: &Params) -> anyhow::Result<Report> {
         let pairs = r.random_pairs(p.pairs);
         let per = pairs.len().div_ceil(batches).max(1);
         for chunk in pairs.chunks(per) {
-            let first = r.sim.probes.len();
-            send_flows(&mut r, chunk);
-            spans.push((first, r.sim.probes.len(), Shortest::of(&r.sim)));
+            spans.push(send_batch(&mut r, chunk));
             t += 2.0 / batches as f64;
             r.advance(t);
         }
