@@ -351,6 +351,7 @@ fn read_udp(udp: &mut Udp, node: &mut Node, lan: &mut Lan) {
 #[derive(Default)]
 struct Outbox {
     datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    packets: Vec<Vec<u8>>,
 }
 
 impl Outbox {
@@ -366,11 +367,16 @@ impl Outbox {
             self.datagrams.push((t.dst, t.payload));
         }
         udp.send_all(&self.datagrams).await;
-        let mut packets = Vec::new();
-        while let Some(p) = node.poll_tun_packet() {
-            packets.push(p);
+        for (_, payload) in self.datagrams.drain(..) {
+            node.recycle(payload);
         }
-        tun.send_all(packets).await;
+        while let Some(p) = node.poll_tun_packet() {
+            self.packets.push(p);
+        }
+        tun.send_all(&mut self.packets).await;
+        for p in self.packets.drain(..) {
+            node.recycle(p);
+        }
         while let Some(ev) = node.poll_event() {
             tracing::debug!(?ev, "event");
             executor.on_event(&ev);

@@ -266,7 +266,7 @@ impl Tun {
 
     /// Writes packets (each behind [`Tun::headroom`] bytes), coalescing TCP/UDP runs when
     /// offloading (one `write` per run of a flow instead of one per packet).
-    pub async fn send_all(&mut self, mut packets: Vec<Vec<u8>>) {
+    pub async fn send_all(&mut self, packets: &mut [Vec<u8>]) {
         if packets.is_empty() {
             return;
         }
@@ -281,14 +281,14 @@ impl Tun {
                 }
             }
         } else if self.offload {
-            self.heads.prepare(&mut packets, VNET_HDR);
+            self.heads.prepare(packets, VNET_HDR);
             let gro = self.gro.get_or_insert_with(Box::default);
-            if let Err(e) = self.dev.send_multiple(gro, &mut packets, VNET_HDR).await {
+            if let Err(e) = self.dev.send_multiple(gro, packets, VNET_HDR).await {
                 tracing::debug!("tun send: {e}");
             }
-            self.heads.reclaim(&mut packets);
+            self.heads.reclaim(packets);
         } else {
-            for p in &packets {
+            for p in packets.iter() {
                 if let Err(e) = self.dev.send(p).await {
                     tracing::debug!("tun send: {e}");
                 }

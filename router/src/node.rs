@@ -52,6 +52,11 @@ const ACTIVE_DEAD_AFTER: Duration = Duration::from_millis(600);
 const ACTIVE_REKEY_UNANSWERED: Duration = Duration::from_millis(200);
 const IDLE_PROBE_AFTER: Duration = Duration::from_millis(1500);
 const IDLE_DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Recycled buffers a node keeps ([`Node::recycle`]), and the capacities it keeps: a full
+/// packet's worth at most a GRO run's, so a burst doesn't leave megabytes behind.
+const SPARE_BUFFERS: usize = 256;
+const MIN_SPARE: usize = 64;
+const MAX_SPARE: usize = 65536 + 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Most endpoints whose next handshake offer ([`Node::link_offer`]) is remembered.
@@ -254,6 +259,10 @@ pub struct Node {
     link_offers: HashMap<SocketAddr, bool>,
     pub(crate) counters: Counters,
     pub(crate) scratch: Vec<u8>,
+    /// Buffers given back by the driver ([`Node::recycle`]) for the next packets we build.
+    spare: Vec<Vec<u8>>,
+    /// Where a session packet is sealed before it goes into a frame (kept between packets).
+    pub(crate) spare_body: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
     pub(crate) pending_pings: Vec<(Address, u64)>,
     pub(crate) direct: BTreeMap<Address, crate::routing::Direct>,
@@ -309,6 +318,8 @@ impl Node {
             link_offers: HashMap::new(),
             counters: Counters::default(),
             scratch: Vec::new(),
+            spare: Vec::new(),
+            spare_body: Vec::new(),
             pending_lookup_steps: Vec::new(),
             pending_pings: Vec::new(),
             direct: BTreeMap::new(),
@@ -480,6 +491,21 @@ impl Node {
     /// When [`Node::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Instant {
         self.next_tick
+    }
+
+    /// Gives back a buffer the driver is done with (a sent [`Transmit`]'s payload), to build
+    /// a later packet in without allocating. Optional: a driver that drops its buffers
+    /// instead only costs an allocation per packet.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && (MIN_SPARE..=MAX_SPARE).contains(&buf.capacity()) {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// An empty buffer: a recycled one when there is one.
+    pub(crate) fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
     }
 
     pub(crate) fn transmit(&mut self, dst: SocketAddr, payload: Vec<u8>) {
@@ -1184,22 +1210,25 @@ impl Node {
         kind: u8,
         body: &[u8],
     ) -> bool {
-        let mut plain = Vec::with_capacity(1 + body.len());
+        let mut plain = self.buffer();
         plain.push(kind);
         plain.extend_from_slice(body);
-        self.send_link_plain(now, d, &plain)
+        let sent = self.send_link_plain(now, d, &plain);
+        self.recycle(plain);
+        sent
     }
 
     /// Encrypts a link plaintext that already starts with its kind byte (a frame being
     /// forwarded is sent from the very buffer it was decrypted into: no copy).
     pub(crate) fn send_link_plain(&mut self, now: Instant, d: Director, plain: &[u8]) -> bool {
+        let mut out = self.buffer();
         let Some(l) = self.links.get_mut(d as usize).and_then(Option::as_mut) else {
             return false;
         };
         let Some(keys) = l.keys.sending(now) else {
             return false;
         };
-        let mut out = vec![0u8; DATA_HEADER_LEN + plain.len() + TAG_LEN];
+        out.resize(DATA_HEADER_LEN + plain.len() + TAG_LEN, 0);
         let Ok((counter, n)) = keys.transport.encrypt(plain, &mut out[DATA_HEADER_LEN..]) else {
             return false;
         };
@@ -1280,7 +1309,7 @@ impl Node {
         body: &[u8],
     ) -> bool {
         // The link plaintext: kind byte, switch header, body, built once.
-        let mut plain = Vec::with_capacity(1 + SwitchHeader::LEN + body.len());
+        let mut plain = self.buffer();
         plain.push(link_kind::FRAME);
         plain.resize(1 + SwitchHeader::LEN, 0);
         SwitchHeader {
@@ -1290,10 +1319,12 @@ impl Node {
         }
         .write(&mut plain[1..]);
         plain.extend_from_slice(body);
-        match switch::forward(&mut plain[1..], None) {
+        let sent = match switch::forward(&mut plain[1..], None) {
             Decision::Forward(d) => self.send_link_plain(now, d, &plain),
             Decision::Deliver | Decision::Drop => false,
-        }
+        };
+        self.recycle(plain);
+        sent
     }
 
     fn on_local_frame(

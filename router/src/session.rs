@@ -219,7 +219,8 @@ impl Node {
         let Some(keys) = s.keys.sending(now) else {
             return false;
         };
-        let mut body = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
+        let mut body = std::mem::take(&mut self.spare_body);
+        body.resize(DATA_HEADER_LEN + packet.len() + TAG_LEN, 0);
         let Ok((counter, n)) = keys.transport.encrypt(packet, &mut body[DATA_HEADER_LEN..]) else {
             return false;
         };
@@ -234,16 +235,18 @@ impl Node {
             }
             s.current_path = Some(route);
         }
-        if !self.send_frame(now, route, FrameKind::Session, &body) {
+        let mut sent = self.send_frame(now, route, FrameKind::Session, &body);
+        if !sent {
             // First hop down: the link-down handler has marked the path; try the next once.
-            let Some(next) = self.session_route(now, &addr).filter(|&n| n != route) else {
-                return false;
-            };
-            self.sessions.get_mut(&addr).expect("session").current_path = Some(next);
-            self.counters.path_switches += 1;
-            return self.send_frame(now, next, FrameKind::Session, &body);
+            if let Some(next) = self.session_route(now, &addr).filter(|&n| n != route) {
+                self.sessions.get_mut(&addr).expect("session").current_path = Some(next);
+                self.counters.path_switches += 1;
+                sent = self.send_frame(now, next, FrameKind::Session, &body);
+            }
         }
-        true
+        body.clear();
+        self.spare_body = body;
+        sent
     }
 
     /// Starts (or retries) the IK handshake to `addr`, or the lookup it needs first.
@@ -478,10 +481,11 @@ impl Node {
             return;
         };
         let me = self.id.address().ip();
-        // Decrypt straight into the buffer that goes to the TUN (behind its headroom): one
-        // allocation, no copy.
+        // Decrypt straight into the buffer that goes to the TUN (behind its headroom): no
+        // copy, and no allocation when the driver recycles its buffers.
         let head = self.cfg.tun_headroom;
-        let mut plain = vec![0u8; head + ct.len().saturating_sub(TAG_LEN)];
+        let mut plain = self.buffer();
+        plain.resize(head + ct.len().saturating_sub(TAG_LEN), 0);
         let s = self
             .sessions
             .get_mut(&addr)
