@@ -563,8 +563,11 @@ fn success_series(scored: &[Scored], bin: f64, t0: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Points of a series: (x, y).
+type Points = Vec<(f64, f64)>;
+
 /// Routing-table entries per node over time: (mean, max) series.
-fn tables_figure(tables: (Vec<(f64, f64)>, Vec<(f64, f64)>)) -> Figure {
+fn tables_figure(tables: (Points, Points)) -> Figure {
     Figure {
         stem: "tables".into(),
         title: "Routing table entries".into(),

@@ -83,35 +83,100 @@ enum Ev {
     Datagram {
         to: u32,
         from: u32,
+        /// The link it travels on (indices are never reused).
+        link: u32,
         payload: Vec<u8>,
     },
     Timer(u32),
     Action(Action),
 }
 
-struct Item {
-    t: Instant,
+/// A queue entry: virtual nanoseconds since the start, push sequence (ties go in push
+/// order), and the event's slot in [`Queue::slab`]. 24 bytes, so sifting moves little.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    t: u64,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
-impl PartialEq for Item {
-    fn eq(&self, o: &Self) -> bool {
-        (self.t, self.seq) == (o.t, o.seq)
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
+impl PartialOrd for Key {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Item {
+impl Ord for Key {
     fn cmp(&self, o: &Self) -> Ordering {
         // BinaryHeap is a max-heap: earliest (time, seq) first.
         (o.t, o.seq).cmp(&(self.t, self.seq))
     }
 }
+
+/// Events waiting, earliest (time, sequence) first: small keys in a heap, the events
+/// themselves in a slab whose free slots are reused.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Key>,
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, t: u64, ev: Ev) {
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = Some(ev);
+                s
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.seq += 1;
+        self.heap.push(Key {
+            t,
+            seq: self.seq,
+            slot,
+        });
+    }
+
+    fn peek_time(&self) -> Option<u64> {
+        self.heap.peek().map(|k| k.t)
+    }
+
+    fn pop(&mut self) -> Option<(u64, Ev)> {
+        let k = self.heap.pop()?;
+        let ev = self.slab[k.slot as usize].take().expect("queued event");
+        self.free.push(k.slot);
+        Some((k.t, ev))
+    }
+}
+
+/// FxHash (rustc's): the link map is hashed twice per datagram and its keys are not
+/// attacker-chosen, so SipHash's cost buys nothing here.
+#[derive(Clone, Copy, Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
 /// A simulated link.
 #[derive(Clone, Debug)]
@@ -190,12 +255,13 @@ pub struct Sim {
     pub nodes: Vec<Option<Node>>,
     /// Links.
     pub links: Vec<Link>,
-    link_of: HashMap<(u32, u32), u32>,
+    link_of: HashMap<(u32, u32), u32, FxBuild>,
     /// Link indices of each node.
     pub node_links: Vec<Vec<u32>>,
-    queue: BinaryHeap<Item>,
-    seq: u64,
-    timer_at: Vec<Option<Instant>>,
+    queue: Queue,
+    /// Each node's pending timer, virtual ns (`u64::MAX`: none); older queued timers of
+    /// the node are stale and skipped.
+    timer_at: Vec<u64>,
     rng: ChaCha8Rng,
     starts: Vec<u32>,
     /// Data-path probes sent.
@@ -248,11 +314,10 @@ impl Sim {
             ids,
             nodes: (0..n).map(|_| None).collect(),
             links: Vec::new(),
-            link_of: HashMap::new(),
+            link_of: HashMap::default(),
             node_links: vec![Vec::new(); n],
-            queue: BinaryHeap::new(),
-            seq: 0,
-            timer_at: vec![None; n],
+            queue: Queue::default(),
+            timer_at: vec![u64::MAX; n],
             starts: vec![0; n],
             probes: Vec::new(),
             lookups: Vec::new(),
@@ -366,13 +431,14 @@ impl Sim {
         self.push(t.max(self.now), Ev::Action(action));
     }
 
+    /// Virtual nanoseconds of `t` (not before the start).
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
     fn push(&mut self, t: Instant, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Item {
-            t,
-            seq: self.seq,
-            ev,
-        });
+        let t = self.ns(t);
+        self.queue.push(t, ev);
     }
 
     /// Applies `action` now.
@@ -381,7 +447,7 @@ impl Sim {
             Action::Start(i) => self.start(i),
             Action::Kill(i) => {
                 self.nodes[i as usize] = None;
-                self.timer_at[i as usize] = None;
+                self.timer_at[i as usize] = u64::MAX;
             }
             Action::LinkDown(li) => self.links[li as usize].up = false,
             Action::LinkUp(li) => self.links[li as usize].up = true,
@@ -471,9 +537,10 @@ impl Sim {
                 }
             }
             let t = node.poll_timeout().max(self.now);
-            if self.timer_at[iu] != Some(t) {
-                self.timer_at[iu] = Some(t);
-                self.push(t, Ev::Timer(i));
+            let t = self.ns(t);
+            if self.timer_at[iu] != t {
+                self.timer_at[iu] = t;
+                self.queue.push(t, Ev::Timer(i));
             }
             if tx.is_empty() && tun.is_empty() {
                 return;
@@ -512,7 +579,15 @@ impl Sim {
             return;
         }
         let t = self.now + l.latency;
-        self.push(t, Ev::Datagram { to, from, payload });
+        self.push(
+            t,
+            Ev::Datagram {
+                to,
+                from,
+                link: li,
+                payload,
+            },
+        );
     }
 
     fn on_tun(&mut self, at: u32, p: &[u8]) {
@@ -566,38 +641,38 @@ impl Sim {
 
     /// Time of the next event, if any.
     pub fn next_event(&self) -> Option<Instant> {
-        self.queue.peek().map(|i| i.t)
+        self.queue
+            .peek_time()
+            .map(|t| self.base + Duration::from_nanos(t))
     }
 
     /// Runs every event up to and including `until`, then sets the clock to `until`.
     pub fn run_until(&mut self, until: Instant) {
-        while let Some(item) = self.queue.peek() {
-            if item.t > until {
-                break;
-            }
-            let item = self.queue.pop().expect("peeked");
-            self.now = self.now.max(item.t);
+        let until_ns = self.ns(until);
+        while self.queue.peek_time().is_some_and(|t| t <= until_ns) {
+            let (t, ev) = self.queue.pop().expect("peeked");
+            self.now = self.now.max(self.base + Duration::from_nanos(t));
             self.stats.events += 1;
-            match item.ev {
+            match ev {
                 Ev::Timer(i) => {
                     let iu = i as usize;
-                    if self.timer_at[iu] != Some(item.t) {
+                    if self.timer_at[iu] != t {
                         continue; // superseded
                     }
-                    self.timer_at[iu] = None;
+                    self.timer_at[iu] = u64::MAX;
                     let now = self.now;
                     if let Some(node) = self.nodes[iu].as_mut() {
                         node.handle_timeout(now);
                         self.drain(i);
                     }
                 }
-                Ev::Datagram { to, from, payload } => {
-                    let k = (from.min(to), from.max(to));
-                    if !self
-                        .link_of
-                        .get(&k)
-                        .is_some_and(|&li| self.links[li as usize].up)
-                    {
+                Ev::Datagram {
+                    to,
+                    from,
+                    link,
+                    payload,
+                } => {
+                    if !self.links[link as usize].up {
                         self.stats.drop_link += 1;
                         continue;
                     }
@@ -608,7 +683,7 @@ impl Sim {
                     };
                     self.stats.delivered += 1;
                     let mut h = self.trace;
-                    h = fnv(h, &((now - self.base).as_nanos() as u64).to_le_bytes());
+                    h = fnv(h, &t.to_le_bytes());
                     h = fnv(h, &to.to_le_bytes());
                     h = fnv(h, &from.to_le_bytes());
                     h = fnv(h, &(payload.len() as u32).to_le_bytes());
