@@ -46,6 +46,9 @@ struct Candidate {
     state: CandState,
     /// Other paths to the node that answers named, tried if `path` fails.
     alternatives: Vec<Label>,
+    /// Asked a second time after a query went unanswered (a lost datagram is likelier than a
+    /// dead node); a second silence counts as a failure.
+    retried: bool,
 }
 
 /// A lookup in progress.
@@ -108,6 +111,7 @@ impl Node {
                     path: working.next()?,
                     state: CandState::New,
                     alternatives: working.take(3).collect(),
+                    retried: false,
                 })
             })
             .collect();
@@ -125,6 +129,7 @@ impl Node {
                         path: p,
                         state: CandState::New,
                         alternatives: Vec::new(),
+                        retried: false,
                     })
                 })
                 .collect();
@@ -226,6 +231,25 @@ impl Node {
                 return;
             }
         }
+    }
+
+    /// A query to a candidate timed out: ask it again once over the same path, then count it
+    /// failed. On a lossy path (radio links: 10% loss per hop loses about half the queries
+    /// over three hops and back) a lookup with few candidates otherwise gives up on a
+    /// destination it could reach.
+    fn candidate_unanswered(&mut self, target: Address, key: &PublicKey) {
+        if let Some(c) = self
+            .lookups
+            .get_mut(&target)
+            .and_then(|l| l.cands.iter_mut().find(|c| c.key == *key))
+        {
+            if !c.retried {
+                c.retried = true;
+                c.state = CandState::New;
+                return;
+            }
+        }
+        self.candidate_failed(target, key);
     }
 
     fn candidate_failed(&mut self, target: Address, key: &PublicKey) {
@@ -606,6 +630,7 @@ impl Node {
                             v
                         },
                     ),
+                    retried: false,
                 }),
                 // Another way to the same node: if the path we tried dies (often the very
                 // reason for this lookup), the node is tried again over this one.
@@ -879,7 +904,7 @@ impl Node {
             };
             match q.purpose {
                 Purpose::Find(target) => {
-                    self.candidate_failed(target, &q.to);
+                    self.candidate_unanswered(target, &q.to);
                     self.pending_lookup_steps.push(target);
                 }
                 Purpose::Probe => {
