@@ -57,6 +57,10 @@ const IDLE_DEAD_AFTER: Duration = Duration::from_secs(5);
 const SPARE_BUFFERS: usize = 256;
 const MIN_SPARE: usize = 64;
 const MAX_SPARE: usize = 65536 + 1024;
+/// Most unconfirmed final handshake messages kept for resending, and how often each goes.
+const MAX_FINALS: usize = 256;
+const FINAL_RESENDS: u8 = 4;
+const FINALS_KEPT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Most endpoints whose next handshake offer ([`Node::link_offer`]) is remembered.
@@ -257,6 +261,11 @@ pub struct Node {
     pub(crate) unreachable_until: BTreeMap<Address, (Instant, u32)>,
     /// Per endpoint we dial: whether our next link handshake offers AES.
     link_offers: HashMap<SocketAddr, bool>,
+    /// XX handshakes we finished as initiator whose last message the peer may not have got
+    /// (it finishes only on that message): by our local index, where to, the message, and
+    /// how many times it went. Sent again with each link probe until the peer sends with the
+    /// new keys.
+    finals: BTreeMap<u32, (SocketAddr, Vec<u8>, u8, Instant)>,
     pub(crate) counters: Counters,
     pub(crate) scratch: Vec<u8>,
     /// Buffers given back by the driver ([`Node::recycle`]) for the next packets we build.
@@ -316,6 +325,7 @@ impl Node {
             last_tree_lookup: None,
             unreachable_until: BTreeMap::new(),
             link_offers: HashMap::new(),
+            finals: BTreeMap::new(),
             counters: Counters::default(),
             scratch: Vec::new(),
             spare: Vec::new(),
@@ -605,7 +615,28 @@ impl Node {
         }
     }
 
+    /// Sends again the last XX message of the handshakes behind `indices` (a link's keys)
+    /// that the peer hasn't confirmed: if it was lost, the peer never finished, can't read
+    /// what we send with those keys, and the link would die at startup. A few times at most.
+    fn resend_finals(&mut self, indices: &[u32]) {
+        for i in indices {
+            let Some((to, msg, sent, _)) = self.finals.get_mut(i) else {
+                continue;
+            };
+            if *sent >= FINAL_RESENDS {
+                self.finals.remove(i);
+                continue;
+            }
+            *sent += 1;
+            let (to, msg) = (*to, msg.clone());
+            self.transmit(to, msg);
+        }
+    }
+
     fn tick_links(&mut self, now: Instant) {
+        // Keys replaced before the peer confirmed them: their final messages go too.
+        self.finals
+            .retain(|_, (.., t)| now.saturating_duration_since(*t) < FINALS_KEPT);
         for d in 0..self.links.len() {
             let Some(l) = self.links[d].as_mut() else {
                 continue;
@@ -642,6 +673,8 @@ impl Node {
                     let seq = l.ping_seq;
                     l.last_ping = Some((now, seq));
                     l.unanswered_since.get_or_insert(now);
+                    let indices = l.keys.indices();
+                    self.resend_finals(&indices);
                     self.send_on_link(now, d, link_kind::PING, &seq.to_le_bytes());
                 }
                 let l = self.links[d as usize].as_ref().expect("link");
@@ -861,6 +894,9 @@ impl Node {
             else {
                 return;
             };
+            if self.finals.len() < MAX_FINALS {
+                self.finals.insert(receiver, (from, out.clone(), 1, now));
+            }
             self.transmit(from, out);
         }
         self.finish_link_handshake(now, from, p.hs, receiver, sender, p.ctx.dial);
@@ -1125,6 +1161,12 @@ impl Node {
                 return;
             }
         };
+        // The peer sends with the keys it holds: if it completed an earlier handshake try
+        // than the one we answered last, send with those keys too (key confirmation).
+        l.keys.confirm(receiver);
+        if !self.finals.is_empty() {
+            self.finals.remove(&receiver);
+        }
         l.last_rx = now;
         l.unanswered_since = None;
         l.stats.rx_packets += 1;

@@ -665,17 +665,19 @@ fn reordering_and_loss_are_survived() {
 }
 
 /// On a lossy, reordering line, handshake tries cross: a node may complete an earlier try
-/// than the one its peer answered last, and then send with keys the peer has dropped. It must
-/// notice (its probes go unanswered) and handshake again before the link counts as dead.
-/// Before that, 13 of 100 such runs declared a link dead at 5% loss.
+/// than the one its peer answered last, and then send with keys the peer has dropped; or the
+/// last message of an XX handshake is lost, and the peer never finishes. Three things keep the
+/// link up: unanswered probes start a fresh handshake (13 of 100 runs flapped before), a peer
+/// sending with our previous keys makes us send with them too, and the last XX message goes
+/// again with each probe until the peer answers (4 of 200 runs flapped before those two).
 #[test]
 fn crossed_handshakes_on_lossy_links_do_not_flap() {
-    let flapped: Vec<u64> = (200..260)
+    let flapped: Vec<u64> = (200..320)
         .filter(|&seed| links_down(&lossy_reordered_line_after_a_flow(seed)) > 0)
         .collect();
     assert!(
-        flapped.len() <= 3,
-        "links flapped in {} of 60 runs: {flapped:?}",
+        flapped.is_empty(),
+        "links flapped in {} of 120 runs: {flapped:?}",
         flapped.len()
     );
 }
