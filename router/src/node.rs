@@ -235,6 +235,9 @@ pub struct Node {
     pub(crate) sessions: BTreeMap<Address, Session>,
     pub(crate) session_idx: BTreeMap<u32, Address>,
     pub(crate) session_hs: HandshakeTable<SessionHs>,
+    /// Session handshake tries we could not answer yet for want of a route back, by
+    /// initiator ([`crate::session::HeldTry`]).
+    pub(crate) held_tries: BTreeMap<Address, crate::session::HeldTry>,
     pub(crate) table: RoutingTable,
     pub(crate) lookups: BTreeMap<Address, Lookup>,
     pub(crate) queries: BTreeMap<u64, Query>,
@@ -307,6 +310,7 @@ impl Node {
             sessions: BTreeMap::new(),
             session_idx: BTreeMap::new(),
             session_hs: HandshakeTable::new(1024, Duration::from_secs(5)),
+            held_tries: BTreeMap::new(),
             lookups: BTreeMap::new(),
             queries: BTreeMap::new(),
             hs_bucket: TokenBucket::new(hs_rate, hs_rate),

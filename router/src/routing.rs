@@ -581,6 +581,17 @@ impl Node {
             // The tree route doesn't depend on who answered; the spliced one is the fallback.
             let tree = root.and_then(|r| self.tree.route_to(&r, Label(rec.coord)));
             let Some(spliced) = q.path.splice_unlooped(back, label).ok().or(tree) else {
+                if addr == target {
+                    tracing::debug!(
+                        me = %me,
+                        %target,
+                        path_hops = q.path.hops(),
+                        label_hops = label.hops(),
+                        has_coord = rec.coord != 0,
+                        same_root = root.is_some(),
+                        "lookup: a record of the target is unusable: label overflows and no tree route"
+                    );
+                }
                 tracing::trace!(
                     %target,
                     record = %addr,

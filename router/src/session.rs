@@ -33,6 +33,24 @@ const RX_PATH_FRESH: Duration = Duration::from_millis(1500);
 const SESSION_IDLE: Duration = Duration::from_secs(300);
 /// How often paths of a busy session are probed.
 const PROBE_EVERY: Duration = Duration::from_millis(1000);
+/// Most handshake tries held at once while their initiators are looked up.
+const HELD_TRIES_MAX: usize = 32;
+/// A held try is dropped this long after it came (the initiator has given up by then).
+const HELD_TRY_TTL: Duration = Duration::from_secs(5);
+
+/// An initiator's handshake try that we could not answer yet: the way back overflowed and
+/// no route to the initiator was known. Answered as soon as one is.
+#[derive(Debug)]
+pub(crate) struct HeldTry {
+    /// The responder's handshake, the initiator's message read.
+    hs: Handshake,
+    /// The initiator's index for this try.
+    sender: u32,
+    /// The initiator's key (authenticated by the message).
+    key: PublicKey,
+    /// When the try came.
+    since: Instant,
+}
 
 /// Per-session counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -380,8 +398,11 @@ impl Node {
             return;
         }
         // The way back did not fit in a label (the directors back through hubs are longer
-        // than those forward): answer over a route we know to the initiator, or find one; the
-        // initiator's retry then gets its answer.
+        // than those forward): answer over a route we know to the initiator. Without one,
+        // hold the try and look the initiator up: the answer goes out the moment a route is
+        // known ([`Node::answer_held_tries`]), not at a retry. (Waiting for the retry failed
+        // at 10,000 nodes: the route the lookup found was a long one, the first to be evicted
+        // from a full bucket, and gone again by the time each retry came.)
         let Some(route) = self.reply_route(reverse, &remote, None) else {
             tracing::debug!(
                 me = %self.id.address(),
@@ -389,12 +410,38 @@ impl Node {
                 lookups = self.lookups.len(),
                 "session handshake: the way back overflowed and no route is known; looking the initiator up"
             );
-            // Bounded: made-up handshakes with overflowed routes can't start lookups at will.
-            if self.lookups.len() < 32 {
-                self.start_lookup(now, addr, None);
+            // Bounded: made-up handshakes with overflowed routes can't start lookups, nor
+            // hold handshake state, at will. A newer try replaces the one held.
+            if self.held_tries.len() < HELD_TRIES_MAX || self.held_tries.contains_key(&addr) {
+                self.held_tries.insert(
+                    addr,
+                    HeldTry {
+                        hs,
+                        sender,
+                        key: remote,
+                        since: now,
+                    },
+                );
+                if self.lookups.len() < 32 {
+                    self.start_lookup(now, addr, None);
+                }
             }
             return;
         };
+        self.held_tries.remove(&addr);
+        self.answer_try(now, addr, hs, sender, route);
+    }
+
+    /// Answers the initiator's try `hs` (its index `sender`) over `route` and installs the
+    /// session.
+    fn answer_try(
+        &mut self,
+        now: Instant,
+        addr: Address,
+        mut hs: Handshake,
+        sender: u32,
+        route: Label,
+    ) {
         let idx = self.new_index();
         let Some(msg) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs)
         else {
@@ -536,8 +583,10 @@ impl Node {
         self.fail_queries_on(&broken);
     }
 
-    /// Routes to `addrs` changed: sessions waiting for them may go ahead.
+    /// Routes to `addrs` changed: sessions waiting for them may go ahead, and tries held for
+    /// want of a route back may be answered.
     pub(crate) fn on_routes_changed(&mut self, now: Instant, addrs: &[Address]) {
+        self.answer_held_tries(now, addrs);
         for a in addrs {
             let Some(s) = self.sessions.get(a) else {
                 continue;
@@ -550,6 +599,30 @@ impl Node {
             } else {
                 self.ensure_session_handshake(now, *a);
             }
+        }
+    }
+
+    /// Answers the tries held for any of `addrs` to which a route is now known.
+    fn answer_held_tries(&mut self, now: Instant, addrs: &[Address]) {
+        if self.held_tries.is_empty() {
+            return;
+        }
+        for a in addrs {
+            let Some(held) = self.held_tries.get(a) else {
+                continue;
+            };
+            let Some(route) = self.reply_route(Label::INVALID, &held.key, None) else {
+                continue;
+            };
+            let held = self.held_tries.remove(a).expect("held try");
+            tracing::debug!(
+                me = %self.id.address(),
+                initiator = %a,
+                hops = route.hops(),
+                waited = ?now.saturating_duration_since(held.since),
+                "session handshake: answering the held try over the route just found"
+            );
+            self.answer_try(now, *a, held.hs, held.sender, route);
         }
     }
 
@@ -575,6 +648,8 @@ impl Node {
             self.on_routes_changed(now, &[addr]);
             return;
         }
+        // No route is coming for a try held for it; the initiator's next try starts afresh.
+        self.held_tries.remove(&addr);
         // Back off: 50 ms doubling up to 4 s (short at first: at a cold start lookups fail
         // until the mesh has settled, and a node that comes back should be found soon).
         let strikes = match self.unreachable_until.get(&addr) {
@@ -618,6 +693,8 @@ impl Node {
     }
 
     pub(crate) fn tick_sessions(&mut self, now: Instant) {
+        self.held_tries
+            .retain(|_, h| now.saturating_duration_since(h.since) < HELD_TRY_TTL);
         let addrs: Vec<Address> = self.sessions.keys().copied().collect();
         for addr in addrs {
             let Some(s) = self.sessions.get(&addr) else {

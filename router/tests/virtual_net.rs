@@ -7,7 +7,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crypto::Identity;
-use meshd_router::{Node, NodeConfig};
+use meshd_router::{Label, Node, NodeConfig};
 use rand::{Rng, SeedableRng};
 
 /// A datagram in flight: arrival time, sequence, to, from, bytes.
@@ -69,6 +69,16 @@ impl Net {
             delivered: vec![Vec::new(); n],
             echo: false,
         }
+    }
+
+    /// Adds a node with identity `id`; returns its index.
+    fn add_node(&mut self, id: Identity) -> usize {
+        let i = self.nodes.len();
+        let seed = 1_000_000 + i as u64;
+        self.nodes
+            .push(Node::new(id, NodeConfig::default(), seed, self.now));
+        self.delivered.push(Vec::new());
+        i
     }
 
     /// Wires a and b; a dials b.
@@ -859,4 +869,138 @@ fn lossy_line_over_many_seeds() {
         got += (0..50).filter(|&s| net.received(3, s).is_some()).count();
     }
     assert!(got >= 2040, "{got} of 3000 pings arrived");
+}
+
+/// Node `k`'s director for its link to node `j`.
+fn director(net: &Net, k: usize, j: usize) -> u16 {
+    let key = net.nodes[j].identity().public_key();
+    net.nodes[k]
+        .peers(net.now)
+        .into_iter()
+        .find(|p| p.key == key)
+        .expect("peers")
+        .director
+}
+
+/// Links the nodes of `path` in a line whose route from its first node to its last fits in a
+/// label but not the route back: each middle node's link onwards is its first (director 0,
+/// 2 bits), its link back comes after eight links to `fillers` (director 9, 10 bits), as
+/// through hubs whose peers came in between. The fillers must leave afterwards.
+fn one_way(net: &mut Net, path: &[usize], fillers: std::ops::Range<usize>) {
+    let step = Duration::from_millis(30);
+    for i in (1..path.len() - 1).rev() {
+        net.connect(path[i], path[i + 1], false);
+        net.run_for(step);
+        for f in fillers.clone() {
+            net.connect(f, path[i], false);
+        }
+        net.run_for(step);
+    }
+    net.connect(path[0], path[1], false);
+    net.run_for(step);
+}
+
+/// A route that fits in a label forward but not back, as through the hubs of a large
+/// Barabási–Albert mesh: a chain 0-1-...-8 that fits from 0 to 8 (16 bits) but not back
+/// (72 bits), and a longer line 8-...-0 (14 hops) that fits only from 8 to 0: node 0 can
+/// reach node 8 only over the chain, node 8 can answer only over the line. Node 8's bucket
+/// for node 0 is full of its own (pinned) peers,
+/// so, as for most pairs at 10,000 nodes, it holds no route to node 0 when the handshake
+/// comes, and what a lookup finds is trimmed again within a second. It must hold the try,
+/// look node 0 up and answer as soon as it has a route: waiting for a retry failed at 10,000
+/// nodes (each retry found the route gone again). One try, one answer.
+#[test]
+fn a_route_that_only_fits_forward_gets_its_first_try_answered() {
+    const FILLERS: std::ops::Range<usize> = 9..17;
+    const LINE: std::ops::Range<usize> = 17..30;
+    // Identities: nodes 0..30, then sixteen stubs for node 8 that fall in its bucket for
+    // node 0, and a key larger than all of them for the middle of the line, so the tree
+    // (rooted at the largest key) runs both ends' way to each other along the line, where it
+    // fits (node 8 answers node 0's lookup over it).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut ids: Vec<Identity> = (0..LINE.end)
+        .map(|_| Identity::generate(&mut rng))
+        .collect();
+    let (a, b) = (ids[0].address(), ids[8].address());
+    let bucket = a.common_prefix_len(&b);
+    for end in [b, a] {
+        let want = ids.len() + 16;
+        while ids.len() < want {
+            let id = Identity::generate(&mut rng);
+            if id.address().common_prefix_len(&end) == bucket {
+                ids.push(id);
+            }
+        }
+    }
+    let largest = ids.iter().map(|i| i.public_key()).max().expect("ids");
+    let root = loop {
+        let id = Identity::generate(&mut rng);
+        if id.public_key() > largest {
+            break id;
+        }
+    };
+    let middle = LINE.start + LINE.len() / 2;
+    ids[middle] = root;
+    let mut net = Net::new(0, 5, |_| NodeConfig::default());
+    for id in ids {
+        net.add_node(id);
+    }
+    net.echo = true;
+    // Each way fits in one direction only.
+    let chain: Vec<usize> = (0..9).collect();
+    one_way(&mut net, &chain, FILLERS);
+    let line: Vec<usize> = std::iter::once(8).chain(LINE).chain([0]).collect();
+    for w in line.windows(2) {
+        net.connect(w[0], w[1], false);
+    }
+    // The fillers leave; their directors stay retired.
+    for f in FILLERS {
+        for i in &chain[1..8] {
+            let key = net.nodes[*i].identity().public_key();
+            let now = net.now;
+            net.nodes[f].remove_peer(now, Some(key), None);
+        }
+        net.flush(f);
+    }
+    // The stubs hang off nodes 8 and 0.
+    for s in LINE.end..LINE.end + 16 {
+        net.connect(s, 8, false);
+        net.connect(s + 16, 0, false);
+    }
+    net.run_for(Duration::from_secs(6));
+    assert!(
+        net.nodes[8].routes().all(|e| e.addr != a) && net.nodes[0].routes().all(|e| e.addr != b),
+        "neither end holds a route to the other"
+    );
+
+    let tries = net.nodes[0].counters().session_handshakes_sent;
+    net.ping(0, 8, 1);
+    // The route of the first try: node 0's best path to node 8 when it goes out.
+    let deadline = net.now + Duration::from_secs(6);
+    while net.nodes[0].counters().session_handshakes_sent == tries && net.now < deadline {
+        net.run_for(Duration::from_millis(1));
+    }
+    let path = net.nodes[0].path_to(&b).expect("a path to node 8");
+    net.run_for(Duration::from_secs(6));
+    assert!(
+        net.replied(0, 1).is_some(),
+        "no echo reply; node 0: {:?}; node 8: {:?}",
+        net.nodes[0].counters(),
+        net.nodes[8].counters()
+    );
+    // The try went over the chain, whose reverse doesn't fit.
+    let forward: Vec<u16> = (0..8).map(|k| director(&net, k, k + 1)).collect();
+    assert_eq!(
+        path,
+        Label::from_directors(&forward).unwrap(),
+        "over the chain"
+    );
+    let back: Vec<u16> = (1..=8).rev().map(|k| director(&net, k, k - 1)).collect();
+    assert!(Label::from_directors(&back).is_err(), "back {back:?} fits");
+    assert_eq!(
+        net.nodes[0].counters().session_handshakes_sent - tries,
+        1,
+        "the first try was answered; node 8: {:?}",
+        net.nodes[8].counters()
+    );
 }

@@ -896,10 +896,11 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
         nearest.truncate(6);
         eprintln!("  nearest to target by XOR (common prefix, holds it): {nearest:?}");
         eprintln!(
-            "FAIL {} t={:.1} {}->{} shortest {:?} arrived {} session {:?} paths {:?} \
+            "FAIL {} src {} t={:.1} {}->{} shortest {:?} arrived {} session {:?} paths {:?} \
              same_root {} depths {}/{} tree_route {:?} entry_coord_current {:?} \
              held_by {} working {}",
             addr,
+            src.address(),
             sc.sent_s,
             pr.src,
             pr.dst,
