@@ -52,11 +52,12 @@ const ACTIVE_DEAD_AFTER: Duration = Duration::from_millis(600);
 const ACTIVE_REKEY_UNANSWERED: Duration = Duration::from_millis(200);
 const IDLE_PROBE_AFTER: Duration = Duration::from_millis(1500);
 const IDLE_DEAD_AFTER: Duration = Duration::from_secs(5);
-/// Recycled buffers a node keeps ([`Node::recycle`]), and the capacities it keeps: a full
-/// packet's worth at most a GRO run's, so a burst doesn't leave megabytes behind.
+/// Recycled buffers a node keeps ([`Node::recycle`]), and the capacities it keeps: up to a
+/// packet's worth (jumbo MTUs included), never a driver's 64 KB coalescing buffer, so the
+/// pool holds at most ~4 MB and usually 256 x 1.5 KB.
 const SPARE_BUFFERS: usize = 256;
 const MIN_SPARE: usize = 64;
-const MAX_SPARE: usize = 65536 + 1024;
+const MAX_SPARE: usize = 16 * 1024;
 /// Most unconfirmed final handshake messages kept for resending, and how often each goes.
 const MAX_FINALS: usize = 256;
 const FINAL_RESENDS: u8 = 4;
@@ -273,8 +274,6 @@ pub struct Node {
     pub(crate) scratch: Vec<u8>,
     /// Buffers given back by the driver ([`Node::recycle`]) for the next packets we build.
     spare: Vec<Vec<u8>>,
-    /// Where a session packet is sealed before it goes into a frame (kept between packets).
-    pub(crate) spare_body: Vec<u8>,
     pub(crate) pending_lookup_steps: Vec<Address>,
     pub(crate) pending_pings: Vec<(Address, u64)>,
     pub(crate) direct: BTreeMap<Address, crate::routing::Direct>,
@@ -333,7 +332,6 @@ impl Node {
             counters: Counters::default(),
             scratch: Vec::new(),
             spare: Vec::new(),
-            spare_body: Vec::new(),
             pending_lookup_steps: Vec::new(),
             pending_pings: Vec::new(),
             direct: BTreeMap::new(),

@@ -233,11 +233,11 @@ impl Node {
         let Some(route) = self.session_route(now, &addr) else {
             return false;
         };
+        let mut body = self.buffer();
         let s = self.sessions.get_mut(&addr).expect("session exists");
         let Some(keys) = s.keys.sending(now) else {
             return false;
         };
-        let mut body = std::mem::take(&mut self.spare_body);
         body.resize(DATA_HEADER_LEN + packet.len() + TAG_LEN, 0);
         let Ok((counter, n)) = keys.transport.encrypt(packet, &mut body[DATA_HEADER_LEN..]) else {
             return false;
@@ -262,8 +262,7 @@ impl Node {
                 sent = self.send_frame(now, next, FrameKind::Session, &body);
             }
         }
-        body.clear();
-        self.spare_body = body;
+        self.recycle(body);
         sent
     }
 

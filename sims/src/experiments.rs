@@ -1163,6 +1163,21 @@ fn score_spans(sim: &Sim, spans: Vec<(usize, usize, Shortest)>) -> Vec<Scored> {
     scored
 }
 
+/// Ends a run of probe batches: runs on to `end` so the last probes can be answered, then
+/// scores every batch and summarises.
+fn finish_spans(
+    r: &mut Run,
+    end: f64,
+    spans: Vec<(usize, usize, Shortest)>,
+    cost: f64,
+) -> (Vec<Scored>, Summary) {
+    r.advance(end);
+    r.pb.finish_and_clear();
+    let scored = score_spans(&r.sim, spans);
+    let summary = r.summary(&scored, cost);
+    (scored, summary)
+}
+
 /// Cuts the links whose ends moved out of radio range (silently: the dialer stops dialing)
 /// and dials the new ones in range. Returns how many links changed.
 fn move_links(r: &mut Run, pos: &[(f64, f64)]) -> usize {
@@ -1243,10 +1258,7 @@ fn mobility(p: &Params) -> anyhow::Result<Report> {
         t += every;
         r.advance(t);
     }
-    r.advance(t_end + 3.0);
-    r.pb.finish_and_clear();
-    let scored = score_spans(&r.sim, spans);
-    let mut s = r.summary(&scored, cost);
+    let (scored, mut s) = finish_spans(&mut r, t_end + 3.0, spans, cost);
     s.topology = format!("mobile-{}", r.graph.name);
     let figures = mobility_figures(
         format!(
@@ -1305,10 +1317,7 @@ fn mobility_rounds(p: &Params) -> anyhow::Result<Report> {
             r.advance(t);
         }
     }
-    r.advance(t + 3.0);
-    r.pb.finish_and_clear();
-    let scored = score_spans(&r.sim, spans);
-    let mut s = r.summary(&scored, cost);
+    let (scored, mut s) = finish_spans(&mut r, t + 3.0, spans, cost);
     s.topology = format!("rounds-{}", r.graph.name);
     let figures = mobility_figures(
         format!("Delivery {settle} s after jumps of up to {} ranges", p.jump),
