@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crypto::{Address, PublicKey};
-use router::{Event, Label, Node};
+use router::{Event, Node, Route};
 use tokio::sync::oneshot;
 
 use crate::types;
@@ -49,7 +49,7 @@ pub enum Command {
     /// Ping whoever is at the end of a path (traceroute).
     PingPath {
         /// The path.
-        path: Label,
+        path: Route,
         /// Responder key and rtt.
         reply: oneshot::Sender<Option<(PublicKey, Duration)>>,
     },
@@ -167,8 +167,8 @@ impl Executor {
                         Some(types::Route {
                             address: e.addr.to_string(),
                             public_key: e.key.to_hex(),
-                            path: best.label.to_string(),
-                            hops: best.label.hops() as u32,
+                            path: best.route.to_string(),
+                            hops: best.route.hops() as u32,
                             rtt_ms: best.rtt.map(ms),
                             last_seen_s: now.saturating_duration_since(e.last_seen).as_secs_f64(),
                             paths: e.paths.len() as u32,

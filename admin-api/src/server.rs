@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use crypto::{Address, PublicKey};
-use router::Label;
+use router::Route;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
@@ -250,7 +250,7 @@ async fn traceroute(
     let Some(found) = s.ask(|reply| Command::Lookup { addr, reply }).await? else {
         return Err(not_found(format!("{addr} not found in the mesh")));
     };
-    let path = Label(u64::from_str_radix(&found.path, 16).map_err(|_| bad("bad path"))?);
+    let path: Route = found.path.parse().map_err(|_| bad("bad path"))?;
     let n = path.hops();
     let mut waits = Vec::new();
     for i in 1..=n {

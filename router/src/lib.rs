@@ -22,7 +22,7 @@ pub mod wire;
 pub use node::{Event, LinkStats, Node, NodeConfig, PeerInfo, Transmit, DEFAULT_MTU, OVERHEAD};
 pub use routing::DirectState;
 pub use session::{SessionInfo, SessionStats};
-pub use switch::Label;
+pub use switch::{Label, Route};
 
 /// Counters of one node: traffic, events, and every reason a packet was dropped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct Counters {
     pub tx_bytes: u64,
     /// Frames forwarded for others.
     pub forwarded: u64,
+    /// Frames relayed for others: re-labelled here with the next segment of their route.
+    pub relayed: u64,
     /// Link handshakes started.
     pub handshakes_sent: u64,
     /// Link handshakes completed.

@@ -14,7 +14,7 @@ use crypto::noise::{Handshake, Pattern, TAG_LEN};
 use crypto::{Address, Identity, PublicKey};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use switch::{Decision, Director, FrameKind, Label, SwitchHeader};
+use switch::{Decision, Director, FrameKind, Label, RelayStep, Route, SwitchHeader};
 
 use crate::control::{ErrorCode, SwitchError};
 use crate::routing::{Lookup, Query};
@@ -119,14 +119,14 @@ pub enum Event {
         /// Request id.
         id: u64,
         /// Result.
-        result: Option<(Duration, Label, PublicKey)>,
+        result: Option<(Duration, Route, PublicKey)>,
     },
     /// Answer to [`Node::lookup`].
     Lookup {
         /// Request id.
         id: u64,
         /// The key and path found, or `None`.
-        result: Option<(PublicKey, Label)>,
+        result: Option<(PublicKey, Route)>,
     },
 }
 
@@ -1107,8 +1107,8 @@ impl Node {
         self.table.unpin(&key.address(), direct, now);
         let touched = self
             .table
-            .mark_broken(|l| l.directors().next() == Some(d), now);
-        self.on_path_broken(now, |l| l.directors().next() == Some(d));
+            .mark_broken(|r| r.first().directors().next() == Some(d), now);
+        self.on_path_broken(now, |r| r.first().directors().next() == Some(d));
         self.on_routes_changed(now, &touched);
     }
 
@@ -1300,68 +1300,106 @@ impl Node {
                 let Ok(h) = SwitchHeader::parse(frame) else {
                     return;
                 };
-                self.on_local_frame(now, h, Some(came_in), &frame[SwitchHeader::LEN..]);
+                if h.kind == FrameKind::Relayed {
+                    self.on_relayed_frame(now, came_in, plain);
+                    return;
+                }
+                self.on_local_frame(
+                    now,
+                    h.kind,
+                    h.reverse.into(),
+                    Some(came_in),
+                    &frame[SwitchHeader::LEN..],
+                );
             }
             Decision::Forward(out) => {
                 self.counters.forwarded += 1;
-                let up = self
-                    .links
-                    .get(out as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|l| l.up);
-                if up && self.send_link_plain(now, out, plain) {
-                    return;
-                }
-                let frame = &plain[1..];
-                let Ok(h) = SwitchHeader::parse(frame) else {
-                    return;
-                };
-                let code = if self
-                    .links
-                    .get(out as usize)
-                    .and_then(Option::as_ref)
-                    .is_some()
-                {
-                    ErrorCode::LinkDown
-                } else {
-                    ErrorCode::NoSuchLink
-                };
-                self.counters.drop_no_route += 1;
-                if h.kind == FrameKind::Error
-                    || !h.reverse.is_valid()
-                    || !self.error_bucket.take(now)
-                {
-                    return;
-                }
-                let remaining = h.route.push(out).unwrap_or(Label::INVALID);
-                let err = SwitchError {
-                    code,
-                    reporter: self.id.public_key(),
-                    remaining: remaining.0,
-                };
-                self.send_frame(now, h.reverse, FrameKind::Error, &err.to_bytes());
+                self.forward_out(now, out, plain);
             }
         }
+    }
+
+    /// A relayed frame delivered to us: relay it on along its next segment, or take it in
+    /// if this is its last one. `plain` is the link plaintext (kind byte, then the frame).
+    fn on_relayed_frame(&mut self, now: Instant, came_in: Director, plain: &mut [u8]) {
+        let frame = &mut plain[1..];
+        // At most one relay step per segment (a segment that is empty leads back here).
+        for _ in 0..switch::MAX_SEGMENTS {
+            match switch::relay(frame) {
+                RelayStep::Drop => break,
+                RelayStep::Arrived {
+                    reverse,
+                    kind,
+                    body,
+                } => {
+                    self.on_local_frame(now, kind, reverse, Some(came_in), &frame[body..]);
+                    return;
+                }
+                RelayStep::Onward => match switch::forward(frame, None) {
+                    Decision::Forward(out) => {
+                        self.counters.relayed += 1;
+                        self.forward_out(now, out, plain);
+                        return;
+                    }
+                    Decision::Deliver => continue,
+                    Decision::Drop => break,
+                },
+            }
+        }
+        self.counters.drop_malformed += 1;
+    }
+
+    /// Sends a frame we forward (or relay) out of link `out`; if that link is down or
+    /// missing, answers the frame's source with an error along its reverse route.
+    fn forward_out(&mut self, now: Instant, out: Director, plain: &mut [u8]) {
+        let up = self
+            .links
+            .get(out as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|l| l.up);
+        if up && self.send_link_plain(now, out, plain) {
+            return;
+        }
+        let frame = &plain[1..];
+        let Ok(h) = SwitchHeader::parse(frame) else {
+            return;
+        };
+        let code = if self
+            .links
+            .get(out as usize)
+            .and_then(Option::as_ref)
+            .is_some()
+        {
+            ErrorCode::LinkDown
+        } else {
+            ErrorCode::NoSuchLink
+        };
+        self.counters.drop_no_route += 1;
+        if h.kind == FrameKind::Error || !h.reverse.is_valid() || !self.error_bucket.take(now) {
+            return;
+        }
+        let remaining = h.route.push(out).unwrap_or(Label::INVALID);
+        let err = SwitchError {
+            code,
+            reporter: self.id.public_key(),
+            remaining: remaining.0,
+        };
+        self.send_frame(now, h.reverse.into(), FrameKind::Error, &err.to_bytes());
     }
 
     /// Sends a frame we originate along `route`. Returns false if the first hop is down.
     pub(crate) fn send_frame(
         &mut self,
         now: Instant,
-        route: Label,
+        route: Route,
         kind: FrameKind,
         body: &[u8],
     ) -> bool {
-        // The link plaintext: kind byte, switch header, body, built once.
+        // The link plaintext: kind byte, switch header (and relay header), body, built once.
         let mut plain = self.buffer();
         plain.push(link_kind::FRAME);
-        plain.resize(1 + SwitchHeader::LEN, 0);
-        SwitchHeader {
-            route,
-            reverse: Label::SELF,
-            kind,
-        }
-        .write(&mut plain[1..]);
+        plain.resize(1 + SwitchHeader::LEN + route.relay_header_len(), 0);
+        switch::write_headers(route, kind, &mut plain[1..]);
         plain.extend_from_slice(body);
         let sent = match switch::forward(&mut plain[1..], None) {
             Decision::Forward(d) => self.send_link_plain(now, d, &plain),
@@ -1371,15 +1409,17 @@ impl Node {
         sent
     }
 
+    /// A frame for us of `kind`; `reverse` is the route back to its source.
     fn on_local_frame(
         &mut self,
         now: Instant,
-        h: SwitchHeader,
+        kind: FrameKind,
+        reverse: Route,
         came_in: Option<Director>,
         body: &[u8],
     ) {
-        match h.kind {
-            FrameKind::Session => self.on_session_message(now, h.reverse, came_in, body),
+        match kind {
+            FrameKind::Session => self.on_session_message(now, reverse, came_in, body),
             FrameKind::Router => {
                 if let Some(l) = came_in
                     .and_then(|d| self.links.get_mut(d as usize))
@@ -1390,8 +1430,10 @@ impl Node {
                         return;
                     }
                 }
-                self.on_control(now, h.reverse, body);
+                self.on_control(now, reverse, body);
             }
+            // Relayed frames don't nest (`switch::relay` refuses them).
+            FrameKind::Relayed => self.counters.drop_malformed += 1,
             FrameKind::Error => {
                 let Some(e) = SwitchError::parse(body) else {
                     self.counters.drop_malformed += 1;
@@ -1406,15 +1448,17 @@ impl Node {
                     Some(Ok((d, _))) => d,
                     _ => return,
                 };
-                let Some(dead) = h
-                    .reverse
-                    .splice(Label::single(failed).unwrap_or(Label::INVALID))
-                    .ok()
+                // Errors are never relayed: one from a later segment of a relayed route
+                // reaches the relay, which holds the route to the reporter (and, like us,
+                // stops using the broken hop).
+                let Some(dead) = reverse
+                    .single()
+                    .and_then(|r| r.splice(Label::single(failed).ok()?).ok())
                     .filter(|l| l.is_valid())
                 else {
                     return;
                 };
-                let broken = move |l: Label| l.strip_prefix(dead).is_some();
+                let broken = move |r: Route| r.first().strip_prefix(dead).is_some();
                 let touched = self.table.mark_broken(broken, now);
                 self.on_path_broken(now, broken);
                 self.on_routes_changed(now, &touched);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crypto::{Address, PublicKey};
 use rand::Rng;
-use switch::{FrameKind, Label};
+use switch::{FrameKind, Label, Route};
 
 use crate::control::{Control, Coord, EndpointRecord, NodeRecord, MAX_RECORDS};
 use crate::node::{Event, Node};
@@ -42,10 +42,10 @@ enum CandState {
 struct Candidate {
     key: PublicKey,
     addr: Address,
-    path: Label,
+    path: Route,
     state: CandState,
     /// Other paths to the node that answers named, tried if `path` fails.
-    alternatives: Vec<Label>,
+    alternatives: Vec<Route>,
     /// Asked a second time after a query went unanswered (a lost datagram is likelier than a
     /// dead node); a second silence counts as a failure.
     retried: bool,
@@ -58,7 +58,7 @@ pub(crate) struct Lookup {
     cands: Vec<Candidate>,
     started: Instant,
     /// Other paths to the target seen in answers, probed once it is found.
-    target_paths: Vec<(PublicKey, Label)>,
+    target_paths: Vec<(PublicKey, Route)>,
     /// Admin requests waiting for the answer.
     waiters: Vec<u64>,
 }
@@ -82,7 +82,7 @@ pub(crate) enum Purpose {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Query {
     to: PublicKey,
-    path: Label,
+    path: Route,
     sent: Instant,
     purpose: Purpose,
 }
@@ -104,7 +104,7 @@ impl Node {
                     .paths
                     .iter()
                     .filter(|p| p.failed_at.is_none())
-                    .map(|p| p.label);
+                    .map(|p| p.route);
                 Some(Candidate {
                     key: e.key,
                     addr: e.addr,
@@ -122,7 +122,7 @@ impl Node {
                 .table
                 .iter()
                 .filter_map(|e| {
-                    let p = e.paths.first()?.label;
+                    let p = e.paths.first()?.route;
                     Some(Candidate {
                         key: e.key,
                         addr: e.addr,
@@ -149,7 +149,7 @@ impl Node {
         self.step_lookup(now, target);
     }
 
-    fn send_query(&mut self, now: Instant, to: PublicKey, path: Label, purpose: Purpose) -> bool {
+    fn send_query(&mut self, now: Instant, to: PublicKey, path: Route, purpose: Purpose) -> bool {
         let txid: u64 = self.rng.gen();
         let msg = match purpose {
             Purpose::Find(target) => Control::FindNode {
@@ -290,7 +290,7 @@ impl Node {
                 .table
                 .get(&target)
                 .and_then(|e| e.best())
-                .map(|p| p.label);
+                .map(|p| p.route);
             for (key, path) in l
                 .target_paths
                 .iter()
@@ -305,7 +305,7 @@ impl Node {
         let result = if found {
             self.table
                 .get(&target)
-                .and_then(|e| Some((e.key, e.best()?.label)))
+                .and_then(|e| Some((e.key, e.best()?.route)))
         } else {
             None
         };
@@ -316,7 +316,7 @@ impl Node {
     }
 
     /// Handles a router control message delivered to us; `reverse` leads back to the sender.
-    pub(crate) fn on_control(&mut self, now: Instant, reverse: Label, body: &[u8]) {
+    pub(crate) fn on_control(&mut self, now: Instant, reverse: Route, body: &[u8]) {
         let Some(msg) = Control::from_bytes(body) else {
             self.counters.drop_bad_control += 1;
             return;
@@ -341,13 +341,21 @@ impl Node {
                     .filter_map(|e| {
                         Some(NodeRecord {
                             key: e.key,
-                            label: e.best()?.label.0,
+                            // A record carries one label: the best path that is one.
+                            label: e
+                                .paths
+                                .iter()
+                                .filter(|p| p.failed_at.is_none())
+                                .find_map(|p| p.route.single())?
+                                .0,
                             coord: e.coord.filter(|c| c.root == root).map_or(0, |c| c.down),
                         })
                     })
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
                     .collect();
-                let answer = Control::nodes(&self.id, txid, reverse.0, self.tree.coord(), nodes);
+                // `back` is the reverse of the asker's last segment to us: what it splices onto.
+                let back = reverse.first().0;
+                let answer = Control::nodes(&self.id, txid, back, self.tree.coord(), nodes);
                 self.send_frame(now, back_route, FrameKind::Router, &answer.to_bytes());
                 self.learn_of(now, asker, back_route, coord);
             }
@@ -406,7 +414,7 @@ impl Node {
                     return;
                 };
                 // Only from a direct peer: the frame came over one hop.
-                let Some(Ok((d, rest))) = reverse.pop() else {
+                let Some(Ok((d, rest))) = reverse.single().and_then(|r| r.pop()) else {
                     self.counters.drop_bad_control += 1;
                     return;
                 };
@@ -497,17 +505,17 @@ impl Node {
     /// the best path we hold to it. The answer is signed, so any route that arrives will do.
     pub(crate) fn reply_route(
         &self,
-        reverse: Label,
+        reverse: Route,
         asker: &PublicKey,
         hint: Option<Coord>,
-    ) -> Option<Label> {
+    ) -> Option<Route> {
         if reverse.is_valid() {
             return Some(reverse);
         }
         let entry = self.table.get(&asker.address()).filter(|e| e.key == *asker);
         hint.or(entry.and_then(|e| e.coord))
             .and_then(|c| self.tree.route_to(&c.root, Label(c.down)))
-            .or_else(|| entry.and_then(|e| e.best()).map(|p| p.label))
+            .or_else(|| entry.and_then(|e| e.best()).map(|p| p.route))
     }
 
     /// A node asked us something: if its bucket has room, check the path back to it with a
@@ -515,7 +523,7 @@ impl Node {
     /// Also re-checks a node we hold whose tree place `coord` (its own unsigned claim)
     /// differs from what we hold: its signed pong brings the new one, so the coordinates the
     /// DHT hands out follow the tree when it moves.
-    fn learn_of(&mut self, now: Instant, key: PublicKey, reverse: Label, coord: Option<Coord>) {
+    fn learn_of(&mut self, now: Instant, key: PublicKey, reverse: Route, coord: Option<Coord>) {
         let addr = key.address();
         let moved = self
             .table
@@ -580,7 +588,7 @@ impl Node {
             }
             // The tree route doesn't depend on who answered; the spliced one is the fallback.
             let tree = root.and_then(|r| self.tree.route_to(&r, Label(rec.coord)));
-            let Some(spliced) = q.path.splice_unlooped(back, label).ok().or(tree) else {
+            let Some(spliced) = q.path.extend(back, label).ok().or(tree) else {
                 if addr == target {
                     tracing::debug!(
                         me = %me,
@@ -609,7 +617,7 @@ impl Node {
             };
             // Prefer a path we already know works if it is no longer.
             let path = match self.table.get(&addr).and_then(|e| e.best()) {
-                Some(p) if p.label.hops() <= fresh.hops() => p.label,
+                Some(p) if p.route.hops() <= fresh.hops() => p.route,
                 _ => fresh,
             };
             if addr == target
@@ -685,7 +693,7 @@ impl Node {
                 continue;
             };
             let msg = self.tree.announcement(d).to_bytes();
-            self.send_frame(now, route, FrameKind::Router, &msg);
+            self.send_frame(now, route.into(), FrameKind::Router, &msg);
         }
     }
 
@@ -812,7 +820,7 @@ impl Node {
         };
         if e.paths
             .iter()
-            .any(|p| p.label == route && p.failed_at.is_none())
+            .any(|p| p.route == route && p.failed_at.is_none())
             || self.queries.values().any(|q| q.path == route)
         {
             return;
@@ -849,14 +857,14 @@ impl Node {
             return;
         };
         let key = e.key;
-        let paths: Vec<Label> = e
+        let paths: Vec<Route> = e
             .paths
             .iter()
             .filter(|p| {
                 p.failed_at.is_none()
                     || now.saturating_duration_since(p.last_ok) > Duration::from_secs(2)
             })
-            .map(|p| p.label)
+            .map(|p| p.route)
             .take(3)
             .collect();
         for p in paths {
@@ -872,7 +880,7 @@ impl Node {
 
     /// Fails outstanding queries whose path matches `broken` (a switch error or a dead link
     /// said so), so lookups move on at once instead of waiting for the timeout.
-    pub(crate) fn fail_queries_on(&mut self, broken: &impl Fn(Label) -> bool) {
+    pub(crate) fn fail_queries_on(&mut self, broken: &impl Fn(Route) -> bool) {
         let dead: Vec<u64> = self
             .queries
             .iter()
@@ -983,7 +991,7 @@ impl Node {
         let target = self
             .table
             .get(&addr)
-            .and_then(|e| Some((e.key, e.best()?.label)));
+            .and_then(|e| Some((e.key, e.best()?.route)));
         match target {
             Some((key, path)) => {
                 if !self.send_query(now, key, path, Purpose::Admin(id)) {
@@ -1000,7 +1008,7 @@ impl Node {
     /// Pings whichever node sits at the end of `path` (for traceroute: send it for each
     /// prefix of a route). The answer, [`Event::Ping`] with `id`, names the responder's key,
     /// checked by its signature.
-    pub fn ping_path(&mut self, now: Instant, path: Label, id: u64) {
+    pub fn ping_path(&mut self, now: Instant, path: Route, id: u64) {
         let me = self.id.public_key();
         if !self.send_query(now, me, path, Purpose::Trace(id)) {
             self.events.push_back(Event::Ping { id, result: None });
@@ -1008,8 +1016,8 @@ impl Node {
     }
 
     /// The best known path to `addr`, if any.
-    pub fn path_to(&self, addr: &Address) -> Option<Label> {
-        self.table.get(addr).and_then(|e| e.best()).map(|p| p.label)
+    pub fn path_to(&self, addr: &Address) -> Option<Route> {
+        self.table.get(addr).and_then(|e| e.best()).map(|p| p.route)
     }
 
     /// Looks `addr` up; the answer comes as [`Event::Lookup`] with `id`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crypto::noise::{Handshake, Pattern, TAG_LEN};
 use crypto::{Address, PublicKey};
-use switch::{Director, FrameKind, Label};
+use switch::{Director, FrameKind, Route};
 
 use crate::icmp::{self, IcmpError};
 use crate::node::{Node, SessionHs};
@@ -72,14 +72,14 @@ pub struct Session {
     pub(crate) addr: Address,
     pub(crate) keys: KeyPair,
     /// Reverse route of the last authenticated packet, and when it came.
-    pub(crate) rx_path: Option<(Label, Instant)>,
+    pub(crate) rx_path: Option<(Route, Instant)>,
     pub(crate) queue: VecDeque<Vec<u8>>,
     pub(crate) hs_started: Option<Instant>,
     pub(crate) hs_attempts: u32,
     pub(crate) last_rx: Instant,
     pub(crate) last_tx: Instant,
     pub(crate) last_probe: Instant,
-    pub(crate) current_path: Option<Label>,
+    pub(crate) current_path: Option<Route>,
     pub(crate) stats: SessionStats,
     /// Last lookup run to find more paths (failover needs a second one ready).
     pub(crate) last_discovery: Instant,
@@ -95,7 +95,7 @@ pub struct SessionInfo {
     /// Whether keys are established.
     pub established: bool,
     /// Path in use.
-    pub path: Option<Label>,
+    pub path: Option<Route>,
     /// Traffic.
     pub stats: SessionStats,
     /// Packets waiting.
@@ -212,10 +212,10 @@ impl Node {
 
     /// The route to use for `addr`: a fresh reply path, else the table's best, else any
     /// reply path we have.
-    pub(crate) fn session_route(&self, now: Instant, addr: &Address) -> Option<Label> {
+    pub(crate) fn session_route(&self, now: Instant, addr: &Address) -> Option<Route> {
         let s = self.sessions.get(addr);
         let rx = s.and_then(|s| s.rx_path);
-        let best = self.table.get(addr).and_then(|e| e.best()).map(|p| p.label);
+        let best = self.table.get(addr).and_then(|e| e.best()).map(|p| p.route);
         if let Some((l, t)) = rx {
             // A fresh reply path follows the sender's choice, unless we know a shorter one
             // (a direct link just opened, say).
@@ -325,7 +325,7 @@ impl Node {
     pub(crate) fn on_session_message(
         &mut self,
         now: Instant,
-        reverse: Label,
+        reverse: Route,
         came_in: Option<Director>,
         body: &[u8],
     ) {
@@ -367,7 +367,7 @@ impl Node {
     fn on_session_init(
         &mut self,
         now: Instant,
-        reverse: Label,
+        reverse: Route,
         came_in: Option<Director>,
         sender: u32,
         noise: &[u8],
@@ -439,7 +439,7 @@ impl Node {
         addr: Address,
         mut hs: Handshake,
         sender: u32,
-        route: Label,
+        route: Route,
     ) {
         let idx = self.new_index();
         let Some(msg) = wire::handshake_message(msg_type::RESPONSE, idx, Some(sender), &mut hs)
@@ -457,7 +457,7 @@ impl Node {
         hs: Handshake,
         local_idx: u32,
         remote_idx: u32,
-        reverse: Label,
+        reverse: Route,
     ) {
         let we_initiated = hs.is_initiator();
         let Ok((transport, key)) = hs.into_transport() else {
@@ -517,7 +517,7 @@ impl Node {
     fn on_session_data(
         &mut self,
         now: Instant,
-        reverse: Label,
+        reverse: Route,
         receiver: u32,
         counter: u64,
         ct: &[u8],
@@ -573,7 +573,7 @@ impl Node {
     }
 
     /// Paths matching `broken` died: stop using them as reply paths.
-    pub(crate) fn on_path_broken(&mut self, _now: Instant, broken: impl Fn(Label) -> bool) {
+    pub(crate) fn on_path_broken(&mut self, _now: Instant, broken: impl Fn(Route) -> bool) {
         for s in self.sessions.values_mut() {
             if s.rx_path.is_some_and(|(l, _)| broken(l)) {
                 s.rx_path = None;
@@ -610,7 +610,7 @@ impl Node {
             let Some(held) = self.held_tries.get(a) else {
                 continue;
             };
-            let Some(route) = self.reply_route(Label::INVALID, &held.key, None) else {
+            let Some(route) = self.reply_route(Route::INVALID, &held.key, None) else {
                 continue;
             };
             let held = self.held_tries.remove(a).expect("held try");

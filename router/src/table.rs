@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use crypto::{Address, PublicKey};
-use switch::Label;
+use switch::{Label, Route};
 
 /// A path to a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Path {
     /// The route.
-    pub label: Label,
+    pub route: Route,
     /// Last measured round trip.
     pub rtt: Option<Duration>,
     /// Last time something proved the path works.
@@ -25,9 +25,9 @@ impl Path {
         (
             self.failed_at.is_some(),
             self.rtt.map_or(u128::MAX / 2, |r| {
-                r.as_micros() + self.label.hops() as u128 * 50
+                r.as_micros() + self.route.hops() as u128 * 50
             }),
-            self.label.hops(),
+            self.route.hops(),
         )
     }
 }
@@ -123,12 +123,13 @@ impl RoutingTable {
     pub fn upsert(
         &mut self,
         key: PublicKey,
-        label: Label,
+        route: impl Into<Route>,
         rtt: Option<Duration>,
         now: Instant,
         pinned: bool,
         in_use: bool,
     ) -> bool {
+        let route = route.into();
         let addr = key.address();
         let Some(b) = self.bucket(&addr) else {
             return false;
@@ -149,9 +150,9 @@ impl RoutingTable {
                             .iter()
                             .enumerate()
                             .filter(|(_, e)| !e.pinned)
-                            .filter_map(|(i, e)| Some((i, e.best()?.label.hops())))
+                            .filter_map(|(i, e)| Some((i, e.best()?.route.hops())))
                             .max_by_key(|&(_, h)| h)
-                            .filter(|&(_, h)| h > label.hops())
+                            .filter(|&(_, h)| h > route.hops())
                             .map(|(i, _)| i)
                     };
                     match bucket
@@ -179,7 +180,7 @@ impl RoutingTable {
         };
         e.pinned |= pinned;
         e.last_seen = now;
-        match e.paths.iter_mut().find(|p| p.label == label) {
+        match e.paths.iter_mut().find(|p| p.route == route) {
             Some(p) => {
                 p.last_ok = now;
                 p.failed_at = None;
@@ -189,7 +190,7 @@ impl RoutingTable {
             }
             None => {
                 e.paths.push(Path {
-                    label,
+                    route,
                     rtt,
                     last_ok: now,
                     failed_at: None,
@@ -205,7 +206,11 @@ impl RoutingTable {
     pub fn unpin(&mut self, a: &Address, direct: Label, now: Instant) {
         if let Some(e) = self.get_mut(a) {
             e.pinned = false;
-            for p in e.paths.iter_mut().filter(|p| p.label == direct) {
+            for p in e
+                .paths
+                .iter_mut()
+                .filter(|p| p.route == Route::from(direct))
+            {
                 p.failed_at.get_or_insert(now);
             }
             e.sort();
@@ -213,14 +218,14 @@ impl RoutingTable {
     }
 
     /// Marks every path for which `broken` holds as failed; returns the addresses touched.
-    pub fn mark_broken(&mut self, broken: impl Fn(Label) -> bool, now: Instant) -> Vec<Address> {
+    pub fn mark_broken(&mut self, broken: impl Fn(Route) -> bool, now: Instant) -> Vec<Address> {
         let mut touched = Vec::new();
         for e in self.buckets.iter_mut().flatten() {
             let mut hit = false;
             for p in e
                 .paths
                 .iter_mut()
-                .filter(|p| p.failed_at.is_none() && broken(p.label))
+                .filter(|p| p.failed_at.is_none() && broken(p.route))
             {
                 p.failed_at = Some(now);
                 hit = true;
@@ -335,17 +340,23 @@ mod tests {
         let fast = Label::from_directors(&[3, 2]).unwrap();
         t.upsert(x, slow, Some(Duration::from_millis(9)), now, false, false);
         t.upsert(x, fast, Some(Duration::from_millis(2)), now, false, false);
-        assert_eq!(t.get(&x.address()).unwrap().best().unwrap().label, fast);
+        assert_eq!(
+            t.get(&x.address()).unwrap().best().unwrap().route,
+            Route::from(fast)
+        );
         let touched = t.mark_broken(
             |l| {
-                l.ends_with(Label::single(2).unwrap())
+                l.first().ends_with(Label::single(2).unwrap())
                     && l.hops() == 2
-                    && l.directors().next() == Some(3)
+                    && l.first().directors().next() == Some(3)
             },
             now,
         );
         assert_eq!(touched, vec![x.address()]);
-        assert_ne!(t.get(&x.address()).unwrap().best().unwrap().label, fast);
+        assert_ne!(
+            t.get(&x.address()).unwrap().best().unwrap().route,
+            Route::from(fast)
+        );
         let c = t.closest(&x.address(), 3);
         assert_eq!(c[0].addr, x.address());
     }

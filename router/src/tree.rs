@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crypto::PublicKey;
-use switch::{Director, Label};
+use switch::{Director, Label, Route};
 
 use crate::control::{Control, Coord};
 
@@ -158,7 +158,10 @@ impl Tree {
     /// are under the same root: the tree route from us (up to the last node both routes
     /// share, then down), or through one of our peers, from its own place in the tree (one
     /// hop of look-ahead: a peer on another branch is often a shortcut in a physical mesh).
-    pub fn route_to(&self, root: &PublicKey, down: Label) -> Option<Label> {
+    ///
+    /// Where the route doesn't fit in one label, the node where it turns from climbing to
+    /// descending relays it (a route of two segments).
+    pub fn route_to(&self, root: &PublicKey, down: Label) -> Option<Route> {
         if *root != self.root
             || !self.down.is_valid()
             || !down.is_well_formed()
@@ -166,7 +169,8 @@ impl Tree {
         {
             return None;
         }
-        let mine = tree_route(self.up, self.down, self.depth, down).filter(|r| *r != Label::SELF);
+        let mine = tree_route(self.up, self.down, self.depth, down)
+            .filter(|r| *r != Route::from(Label::SELF));
         let via_peers = self
             .peers
             .iter()
@@ -174,11 +178,11 @@ impl Tree {
             .filter_map(|(&d, p)| {
                 let p = &p.said;
                 let rest = tree_route(p.up, p.down, p.depth, down)?;
-                Label::single(d).ok()?.splice(rest).ok()
+                Route::from(Label::single(d).ok()?).join(rest).ok()
             });
         mine.into_iter()
             .chain(via_peers)
-            .min_by_key(|r| (r.hops(), r.bit_len()))
+            .min_by_key(|r| (r.hops(), r.segments().len(), r.first().bit_len()))
     }
 
     /// A peer's announcement over link `d`.
@@ -367,8 +371,9 @@ impl Tree {
 
 /// The route through the tree from the node at (`up`, `down`, `depth`) to the node at
 /// `target` (a route from the root): climb to the last node both routes from the root share,
-/// then descend. [`Label::SELF`] when they are the same node.
-fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Label> {
+/// then descend; relayed by the node where it turns if it doesn't fit in one label.
+/// [`Label::SELF`] when they are the same node.
+fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Route> {
     if !up.is_valid() || !down.is_valid() || up.hops() != depth as usize {
         return None;
     }
@@ -379,7 +384,7 @@ fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Label>
         .count();
     let climb = up.prefix(depth as usize - shared.min(depth as usize));
     let descend = target.strip_prefix(target.prefix(shared))?;
-    climb.splice(descend).ok()
+    Route::from(climb).join(Route::from(descend)).ok()
 }
 
 #[cfg(test)]
@@ -474,7 +479,9 @@ mod tests {
                 }
                 let route = route.unwrap();
                 let end = route
-                    .directors()
+                    .segments()
+                    .iter()
+                    .flat_map(|s| s.directors())
                     .fold(a as isize, |at, d| at + if d == 1 { 1 } else { -1 });
                 assert_eq!(end as usize, b, "{a} -> {b} via {route}");
                 assert_eq!(route.hops(), a.abs_diff(b), "shortest on a line");

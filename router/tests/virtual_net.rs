@@ -980,7 +980,7 @@ fn a_route_that_only_fits_forward_gets_its_first_try_answered() {
     let forward: Vec<u16> = (0..8).map(|k| director(&net, k, k + 1)).collect();
     assert_eq!(
         path,
-        Label::from_directors(&forward).unwrap(),
+        Label::from_directors(&forward).unwrap().into(),
         "over the chain"
     );
     let back: Vec<u16> = (1..=8).rev().map(|k| director(&net, k, k - 1)).collect();
@@ -991,4 +991,39 @@ fn a_route_that_only_fits_forward_gets_its_first_try_answered() {
         "the first try was answered; node 8: {:?}",
         net.nodes[8].counters()
     );
+}
+
+/// A line of 45 nodes: the ends are 44 hops apart, more than a label holds (31 through nodes
+/// with two links). Lookups find the far end over a route of two segments, and its owner, a
+/// node in the middle, relays each frame onto the second; pings go through both ways.
+#[test]
+fn a_line_longer_than_a_label_is_crossed_through_a_relay() {
+    let n = 45;
+    let mut net = Net::new(n, 7, |_| NodeConfig::default());
+    net.echo = true;
+    for i in 0..n - 1 {
+        net.connect(i, i + 1, false);
+    }
+    net.run_for(Duration::from_secs(10));
+    for s in 0..10 {
+        net.ping(0, n - 1, s);
+        net.ping(n - 1, 0, 100 + s);
+        net.run_for(Duration::from_millis(500));
+    }
+    net.run_for(Duration::from_secs(3));
+    let there = (0..10).filter(|&s| net.replied(0, s).is_some()).count();
+    let back = (0..10)
+        .filter(|&s| net.replied(n - 1, 100 + s).is_some())
+        .count();
+    let relayed: u64 = net.nodes.iter().map(|x| x.counters().relayed).sum();
+    assert!(
+        there >= 8 && back >= 8,
+        "round trips {there}/10 and {back}/10; relayed {relayed}; counters at 0: {:?}",
+        net.nodes[0].counters()
+    );
+    assert!(relayed > 0, "no frame was relayed");
+    let far = net.nodes[n - 1].address();
+    let route = net.nodes[0].path_to(&far).expect("a route to the far end");
+    assert_eq!(route.hops(), n - 1, "{route}");
+    assert!(route.segments().len() >= 2, "{route}");
 }

@@ -910,7 +910,7 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
             entry.map(|e| e
                 .paths
                 .iter()
-                .map(|p| (p.label.hops(), p.failed_at.is_some()))
+                .map(|p| (p.route.hops(), p.failed_at.is_some()))
                 .collect::<Vec<_>>()),
             src.tree().root() == dst.tree().root(),
             src.tree().depth(),
