@@ -433,3 +433,51 @@ fn lossy_line_stays_up_and_delivers() {
         m.logs_tail(30)
     );
 }
+
+/// A line of 34 real daemons: its ends are 33 hops apart, more than one 64-bit label holds
+/// (31 hops through nodes with two links). They reach each other over routes of two
+/// segments, relayed by a node in between (`meshd_relayed_frames_total` counts it), with
+/// ping and TCP (a relayed data packet still fits the path MTU).
+#[test]
+fn a_line_longer_than_a_label_is_crossed_through_a_relay() {
+    let n = 34;
+    let mut m = line("rl", n);
+    wait_line_up(&m);
+    let t = m.wait_ping(0, n - 1, Duration::from_secs(40));
+    eprintln!("node 0 reached node {} ({} hops) after {t:?}", n - 1, n - 1);
+    let t = m.wait_ping(n - 1, 0, Duration::from_secs(20));
+    eprintln!("and back after {t:?}");
+    for (from, to) in [(0, n - 1), (n - 1, 0)] {
+        m.ping_burst(from, to, 10, 0.1);
+    }
+    let len = 2 << 20;
+    let took = m.tcp_transfer(0, n - 1, len, Duration::from_secs(90));
+    eprintln!(
+        "2 MiB over {} hops in {took:?} ({:.1} Mbit/s)",
+        n - 1,
+        len as f64 * 8.0 / took.as_secs_f64() / 1e6
+    );
+    let relayed: f64 = (1..n - 1)
+        .map(|i| m.metric(i, "meshd_relayed_frames_total"))
+        .sum();
+    assert!(
+        relayed > 0.0,
+        "no node relayed a frame: a 33-hop route cannot be one label"
+    );
+    assert_eq!(m.metric(0, "meshd_relayed_frames_total"), 0.0);
+    // The admin API shows the route's two segments.
+    let out = m
+        .cmd(0, common::MESHD)
+        .arg("--state-dir")
+        .arg(m.state_dir(0))
+        .args(["ctl", "lookup", &m.addr(n - 1)])
+        .output()
+        .expect("meshd ctl lookup");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("meshd ctl lookup: {text}");
+    assert!(
+        out.status.success() && text.contains('+'),
+        "the route to node {} should show two segments joined by '+':\n{text}",
+        n - 1
+    );
+}

@@ -39,6 +39,7 @@ pub struct Metrics {
     bytes: Family<Direction, Counter>,
     drops: Family<Reason, Counter>,
     forwarded: Counter,
+    relayed: Counter,
     handshakes: Family<Reason, Counter>,
     lookups: Family<Reason, Counter>,
     path_switches: Counter,
@@ -63,6 +64,7 @@ impl Metrics {
             bytes: Family::default(),
             drops: Family::default(),
             forwarded: Counter::default(),
+            relayed: Counter::default(),
             handshakes: Family::default(),
             lookups: Family::default(),
             path_switches: Counter::default(),
@@ -81,6 +83,11 @@ impl Metrics {
             "forwarded_frames",
             "Switch frames forwarded for other nodes",
             m.forwarded.clone(),
+        );
+        registry.register(
+            "relayed_frames",
+            "Switch frames relayed for other nodes onto the next segment of their route",
+            m.relayed.clone(),
         );
         registry.register(
             "handshakes",
@@ -144,6 +151,7 @@ impl Metrics {
             set(&self.drops.get_or_create(&Reason { reason }), v);
         }
         set(&self.forwarded, c.forwarded);
+        set(&self.relayed, c.relayed);
         for (reason, v) in [
             ("link_sent", c.handshakes_sent),
             ("link_completed", c.handshakes_completed),

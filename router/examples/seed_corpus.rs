@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crypto::Identity;
 use meshd_router::control::{Control, Coord, EndpointRecord, ErrorCode, NodeRecord, SwitchError};
-use meshd_router::{Label, Node, NodeConfig};
+use meshd_router::{Label, Node, NodeConfig, Route};
 use rand::SeedableRng;
 use switch::{FrameKind, SwitchHeader};
 
@@ -144,6 +144,14 @@ fn main() {
     .write(&mut f);
     f.extend_from_slice(&err.to_bytes());
     write(&root.join("switch_frame"), "switch-error", &f);
+    // A relayed frame as it leaves, and as it reaches its relay.
+    let far = Route::new(&[route, Label::from_directors(&[1, 2, 3]).unwrap()]).unwrap();
+    let mut f = vec![0u8; SwitchHeader::LEN + far.relay_header_len()];
+    switch::write_headers(far, FrameKind::Router, &mut f);
+    f.extend_from_slice(&controls[0].to_bytes());
+    write(&root.join("switch_frame"), "relayed-sent", &f);
+    while let switch::Decision::Forward(_) = switch::forward(&mut f, Some(1)) {}
+    write(&root.join("switch_frame"), "relayed-at-relay", &f);
     println!(
         "wrote {} datagrams and {} control messages under {}",
         captured.len(),

@@ -24,6 +24,28 @@ pub fn switch_frame(data: &[u8]) {
         let _ = h.route.hops();
         let _ = h.route.reversed();
         let _ = h.route.splice(h.reverse);
+        if h.kind == switch::FrameKind::Relayed {
+            let mut g = data.to_vec();
+            // Relay steps as a node would take them: at most one per segment.
+            for _ in 0..switch::MAX_SEGMENTS {
+                match switch::relay(&mut g) {
+                    switch::RelayStep::Onward => {
+                        if switch::forward(&mut g, None) != switch::Decision::Deliver {
+                            break;
+                        }
+                    }
+                    switch::RelayStep::Arrived { reverse, body, .. } => {
+                        let _ = &g[body..];
+                        let _ = reverse.hops();
+                        let _ = reverse.to_string().parse::<switch::Route>();
+                        let _ = reverse.extend(h.route, h.reverse);
+                        let _ = reverse.prefix(3);
+                        break;
+                    }
+                    switch::RelayStep::Drop => break,
+                }
+            }
+        }
     }
 }
 

@@ -833,6 +833,8 @@ impl Node {
     /// nodes closest to us (who hand out our coordinate) should hear the new one: look
     /// ourselves up soon (at most every 2 s for this reason).
     pub(crate) fn on_tree_moved(&mut self, now: Instant) {
+        // Routes that failed before may exist now (as after a new link).
+        self.unreachable_until.clear();
         if self.next_self_lookup.is_some() {
             let soon = now + Duration::from_millis(500);
             if self.next_self_lookup.is_some_and(|t| t > soon)
