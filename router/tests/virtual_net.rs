@@ -849,14 +849,21 @@ fn slow_paths_answer_an_earlier_handshake_try() {
     );
 }
 
-/// Lookups on a lossy line: a query lost on the way (10% per hop loses about half of those
-/// that cross three hops and back) is asked again once before its node counts as failed.
-/// Over 60 seeds, 3,000 pings: 1,973 arrived when a lost query failed its node at once
-/// (65.8%), 2,088 with the retry (69.6%).
+/// Lookups, sessions and links on a lossy line, over many seeds: 10% loss per hop lets
+/// 0.9^3 = 73% of one-way pings through, 36.5 of each run's 50, 4,380 over 120 runs; a run
+/// whose lookup, session or link fails loses most of its 50. Measured over seeds 100..220:
+/// 4,005 (91% of what the loss allows). Earlier, over seeds 100..160, a lookup that failed a
+/// silent candidate at once delivered 1,973 of 3,000 and the retry 2,088; over these 120
+/// seeds the retry was worth 3,998 -> 4,066 before configured peers were dialed every 250 ms
+/// for their first 2 s, and nothing measurable after (4,005 either way): the guard here is
+/// the delivery rate itself.
 #[test]
 fn lossy_line_over_many_seeds() {
-    let got: usize = (100..160).map(pings_over_a_lossy_line).sum();
-    assert!(got >= 2040, "{got} of 3000 pings arrived");
+    let got: usize = (100..220).map(pings_over_a_lossy_line).sum();
+    assert!(
+        got >= 3900,
+        "{got} of 6000 pings arrived (4,380 is what the loss allows)"
+    );
 }
 
 /// Node `k`'s director for its link to node `j`.

@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.trim().parse::<tracing::Level>().ok())
     {
         tracing_subscriber::fmt()
+            .with_timer(VirtualTime)
             .with_max_level(level)
             .with_writer(std::io::stderr)
             .with_ansi(false)
@@ -143,4 +144,14 @@ fn main() -> anyhow::Result<()> {
     report.write(&c.out)?;
     println!("{}", serde_json::to_string_pretty(&report.summary)?);
     Ok(())
+}
+
+/// Log timestamps in virtual seconds since the run began.
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let ns = sims::sim::VIRTUAL_NS.load(std::sync::atomic::Ordering::Relaxed);
+        write!(w, "t={:.6}", ns as f64 / 1e9)
+    }
 }

@@ -294,6 +294,9 @@ pub fn echo_packet(src: Ipv6Addr, dst: Ipv6Addr, id: u32, request: bool) -> Vec<
     p
 }
 
+/// Virtual nanoseconds of the event being handled: the timestamps of `SIM_LOG` lines.
+pub static VIRTUAL_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Sim {
     /// A network with the graph's nodes (none started yet) and links.
     pub fn new(graph: &Graph, ids: Vec<Identity>, cfg: SimConfig) -> Sim {
@@ -652,6 +655,7 @@ impl Sim {
         while self.queue.peek_time().is_some_and(|t| t <= until_ns) {
             let (t, ev) = self.queue.pop().expect("peeked");
             self.now = self.now.max(self.base + Duration::from_nanos(t));
+            VIRTUAL_NS.store(t, std::sync::atomic::Ordering::Relaxed);
             self.stats.events += 1;
             match ev {
                 Ev::Timer(i) => {
