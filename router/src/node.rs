@@ -141,8 +141,7 @@ pub(crate) struct Dial {
     pub endpoint: SocketAddr,
     pub key: Option<PublicKey>,
     pub next_attempt: Instant,
-    pub backoff: Duration,
-    /// Attempts since it last linked (the first [`DIAL_EAGER`] are [`FIRST_BACKOFF`] apart).
+    /// Attempts since it last linked: the gap after the n-th is [`dial_gap`]`(n)`.
     pub attempts: u32,
     pub linked: Option<PublicKey>,
 }
@@ -387,7 +386,6 @@ impl Node {
                 endpoint,
                 key,
                 next_attempt: now,
-                backoff: FIRST_BACKOFF,
                 attempts: 0,
                 linked: None,
             },
@@ -619,11 +617,8 @@ impl Node {
             };
             d.linked = None;
             let (endpoint, key) = (d.endpoint, d.key);
-            d.next_attempt = now + d.backoff;
             d.attempts += 1;
-            if d.attempts >= DIAL_EAGER {
-                d.backoff = (d.backoff * 2).min(MAX_BACKOFF);
-            }
+            d.next_attempt = now + dial_gap(d.attempts);
             self.start_link_handshake(now, endpoint, key, Some(id));
         }
     }
@@ -974,7 +969,6 @@ impl Node {
         self.counters.handshakes_completed += 1;
         let configured = dial.and_then(|id| self.dials.get_mut(&id)).map(|d| {
             d.linked = Some(key);
-            d.backoff = FIRST_BACKOFF;
             d.attempts = 0;
             d.endpoint
         });
@@ -1477,6 +1471,13 @@ impl Node {
             }
         }
     }
+}
+
+/// The gap after a configured peer's `attempts`-th dial: [`FIRST_BACKOFF`] for the first
+/// [`DIAL_EAGER`], then doubling up to [`MAX_BACKOFF`].
+fn dial_gap(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(DIAL_EAGER).min(8);
+    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
 }
 
 /// Endpoint as `family u8 (4|6), ip, port u16 LE`.

@@ -86,7 +86,7 @@ impl Route {
 
     /// Whether every segment decodes completely.
     pub fn is_well_formed(&self) -> bool {
-        self.is_valid() && self.segments().iter().all(|s| s.is_well_formed())
+        self.segments().iter().all(|s| s.is_well_formed())
     }
 
     /// Switch hops over all segments.
