@@ -487,6 +487,8 @@ impl Node {
                 remote_idx,
                 since: now,
                 we_initiated,
+                // IK: the initiator read the last message; the responder sent it.
+                confirmed: we_initiated,
             },
             &me,
             &key,

@@ -28,6 +28,11 @@ pub struct Keys {
     pub since: Instant,
     /// Whether we initiated it.
     pub we_initiated: bool,
+    /// Whether the peer is known to hold these keys: we read the handshake's last message,
+    /// or the peer has sent with them. The side that sends the last message can't know
+    /// whether it arrived, so it keeps sending with older keys the peer is known to hold
+    /// until then (as WireGuard's responder waits for the initiator's first data).
+    pub confirmed: bool,
 }
 
 /// A peer's established transports.
@@ -96,6 +101,9 @@ impl KeyPair {
     /// (it completed an earlier try than the one we answered last, or still sends on the old
     /// keys during its rekey), send with the keys it uses. Keys we initiated are left alone.
     pub fn confirm(&mut self, idx: u32) {
+        if let Some(k) = self.by_index(idx) {
+            k.confirmed = true;
+        }
         let swap = matches!(
             (&self.previous, &self.current),
             (Some(p), Some(c)) if p.local_idx == idx && !p.we_initiated && !c.we_initiated
@@ -113,11 +121,19 @@ impl KeyPair {
             .find(|k| k.local_idx == idx)
     }
 
-    /// The keys to send with, unless expired.
+    /// The keys to send with, unless expired: the current ones, or while the peer isn't
+    /// known to hold those, the previous ones if it is.
     pub fn sending(&mut self, now: Instant) -> Option<&mut Keys> {
-        self.current
-            .as_mut()
-            .filter(|k| now.saturating_duration_since(k.since) < REJECT_AFTER)
+        let fresh = |k: &Keys| now.saturating_duration_since(k.since) < REJECT_AFTER;
+        let use_previous = matches!(
+            (&self.current, &self.previous),
+            (Some(c), Some(p)) if !c.confirmed && p.confirmed && fresh(p)
+        );
+        if use_previous {
+            self.previous.as_mut()
+        } else {
+            self.current.as_mut().filter(|k| fresh(k))
+        }
     }
 
     /// Whether a new handshake is due: we have no usable keys, or ours are old.
@@ -263,5 +279,74 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crypto::noise::Pattern;
+    use crypto::Identity;
+    use rand::SeedableRng;
+
+    /// A finished IK handshake's transports: (initiator's, responder's).
+    fn transports(seed: u64) -> (Transport, Transport) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (a, b) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
+        let mut init = Handshake::initiator(&a, Pattern::IK, Some(&b.public_key()), None).unwrap();
+        let mut resp = Handshake::responder(&b, Pattern::IK, None).unwrap();
+        let mut buf = [0u8; 512];
+        let n = init.write_message(&mut buf).unwrap();
+        resp.read_message(&buf[..n]).unwrap();
+        let n = resp.write_message(&mut buf).unwrap();
+        init.read_message(&buf[..n]).unwrap();
+        (
+            init.into_transport().unwrap().0,
+            resp.into_transport().unwrap().0,
+        )
+    }
+
+    fn keys(transport: Transport, idx: u32, now: Instant, we_initiated: bool) -> Keys {
+        Keys {
+            transport,
+            local_idx: idx,
+            remote_idx: idx + 100,
+            since: now,
+            we_initiated,
+            confirmed: we_initiated,
+        }
+    }
+
+    /// The side that sent a handshake's last message (here the IK responder) goes on sending
+    /// with the keys the peer is known to hold until the peer uses the new ones: if the
+    /// response was lost, the peer can still read us.
+    #[test]
+    fn unconfirmed_keys_wait_for_the_peer() {
+        let now = Instant::now();
+        let (me, peer) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let mut kp = KeyPair::default();
+        kp.install(keys(transports(1).0, 1, now, true), &me, &peer, now);
+        assert_eq!(kp.sending(now).unwrap().local_idx, 1);
+        // The peer rekeys; we answer (our response may be lost).
+        let later = now + Duration::from_secs(10);
+        kp.install(keys(transports(2).1, 2, later, false), &me, &peer, later);
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 2);
+        assert_eq!(kp.sending(later).unwrap().local_idx, 1, "old keys until confirmed");
+        // The old keys still arriving confirm nothing new.
+        kp.confirm(1);
+        assert_eq!(kp.sending(later).unwrap().local_idx, 1);
+        // The peer sends with the new keys: it holds them.
+        kp.confirm(2);
+        assert_eq!(kp.sending(later).unwrap().local_idx, 2);
+        // Without confirmed keys to fall back on, the new ones go at once.
+        let mut fresh = KeyPair::default();
+        fresh.install(keys(transports(3).1, 3, now, false), &me, &peer, now);
+        assert_eq!(fresh.sending(now).unwrap().local_idx, 3);
+        // Nor does an expired confirmed key hold sending back.
+        let mut old = KeyPair::default();
+        old.install(keys(transports(4).0, 4, now, true), &me, &peer, now);
+        let late = now + REJECT_AFTER;
+        old.install(keys(transports(5).1, 5, late, false), &me, &peer, late);
+        assert_eq!(old.sending(late).unwrap().local_idx, 5);
     }
 }

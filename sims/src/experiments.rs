@@ -310,6 +310,8 @@ struct Run {
     wall: Instant,
     ids_wall: f64,
     lookup_pairs: usize,
+    /// `SIM_PROFILE` set: each advance prints its events, datagrams and wall time.
+    profile: bool,
 }
 
 fn rss_bytes() -> Option<u64> {
@@ -355,6 +357,7 @@ impl Run {
             wall: Instant::now(),
             ids_wall,
             lookup_pairs: 0,
+            profile: std::env::var_os("SIM_PROFILE").is_some(),
         })
     }
 
@@ -365,7 +368,21 @@ impl Run {
     /// Advances to virtual second `t`, updating the progress bar.
     fn advance(&mut self, t: f64) {
         let until = self.sim.at(t);
+        let (events, datagrams, wall) = (
+            self.sim.stats.events,
+            self.sim.stats.datagrams,
+            Instant::now(),
+        );
         self.sim.run_until(until);
+        if self.profile {
+            eprintln!(
+                "SIM_PROFILE t={:.1} events={} datagrams={} wall_s={:.3}",
+                t,
+                self.sim.stats.events - events,
+                self.sim.stats.datagrams - datagrams,
+                wall.elapsed().as_secs_f64()
+            );
+        }
         self.pb.set_position(self.sim.secs() as u64);
     }
 
