@@ -603,7 +603,9 @@ impl Node {
             || !self.session_hs.is_empty()
             || !self.lookups.is_empty()
             || !self.queries.is_empty()
-            || self.links.iter().flatten().any(|l| l.awaiting(now));
+            || self.links.iter().flatten().any(|l| l.awaiting(now))
+            // Sessions in use probe their paths and notice silence on their own clocks.
+            || self.sessions.values().any(|s| s.in_use(now));
         let mut next =
             (now + if busy { BUSY_TICK } else { IDLE_TICK }).min(self.tree.next_announce());
         for d in self.dials.values().filter(|d| d.linked.is_none()) {

@@ -105,6 +105,12 @@ pub struct SessionInfo {
 }
 
 impl Session {
+    /// Whether we sent on it in the last 3 s: its paths are probed, and the node's timers
+    /// run every 20 ms for it.
+    pub(crate) fn in_use(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_tx) < Duration::from_secs(3)
+    }
+
     fn new(addr: Address, now: Instant) -> Session {
         let past = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
         Session {
@@ -752,7 +758,7 @@ impl Node {
             }
             // Probe the paths of destinations in use, so a silently dead one is noticed.
             let s = self.sessions.get(&addr).expect("session");
-            let active = now.saturating_duration_since(s.last_tx) < Duration::from_secs(3);
+            let active = s.in_use(now);
             let discovery_due =
                 now.saturating_duration_since(s.last_discovery) >= Duration::from_secs(5);
             if active && now.saturating_duration_since(s.last_probe) >= PROBE_EVERY {

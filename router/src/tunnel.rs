@@ -331,7 +331,11 @@ mod tests {
         let later = now + Duration::from_secs(10);
         kp.install(keys(transports(2).1, 2, later, false), &me, &peer, later);
         assert_eq!(kp.current.as_ref().unwrap().local_idx, 2);
-        assert_eq!(kp.sending(later).unwrap().local_idx, 1, "old keys until confirmed");
+        assert_eq!(
+            kp.sending(later).unwrap().local_idx,
+            1,
+            "old keys until confirmed"
+        );
         // The old keys still arriving confirm nothing new.
         kp.confirm(1);
         assert_eq!(kp.sending(later).unwrap().local_idx, 1);
