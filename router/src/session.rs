@@ -493,8 +493,11 @@ impl Node {
                 remote_idx,
                 since: now,
                 we_initiated,
-                // IK: the initiator read the last message; the responder sent it.
-                confirmed: we_initiated,
+                // Sessions send with new keys at once, the responder too (its answer goes
+                // with its first data): holding back its data until the initiator uses the
+                // new keys, as links do, slowed recovery after failures (fail BA-1,000
+                // seed 4: 1.5 s -> 3.5 s).
+                confirmed: true,
             },
             &me,
             &key,
