@@ -1308,10 +1308,6 @@ impl Node {
         l.stats.tx_packets += 1;
         l.stats.tx_bytes += out.len() as u64;
         if plain.first() == Some(&link_kind::FRAME) {
-            if !l.awaiting(now) {
-                // A probe round may be due (see `Link::awaiting`): run the timers soon.
-                self.next_tick = self.next_tick.min(now + BUSY_TICK);
-            }
             l.last_data_tx = now;
         }
         let dst = l.endpoint;

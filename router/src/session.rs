@@ -739,9 +739,12 @@ impl Node {
             let busy = now.saturating_duration_since(s.last_tx) < Duration::from_secs(5);
             // We keep sending but hear nothing: the far end may have restarted and lost the
             // session, or every path we know is dead. Handshake again (it also re-resolves).
+            // (Sent more than 2 s after we last heard: not merely "heard nothing for 2 s"
+            // after an exchange that ended, which would redo the handshake and the lookup of
+            // every destination pinged once.)
             let stale = has_keys
                 && busy
-                && now.saturating_duration_since(s.last_rx) > Duration::from_secs(2);
+                && s.last_tx.saturating_duration_since(s.last_rx) > Duration::from_secs(2);
             if (has_keys && busy && s.keys.needs_handshake(now))
                 || stale
                 || (!has_keys && !s.queue.is_empty())
