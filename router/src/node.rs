@@ -50,11 +50,6 @@ const ACTIVE_PROBE_EVERY: Duration = Duration::from_millis(100);
 const ACTIVE_DEAD_AFTER: Duration = Duration::from_millis(600);
 /// A busy link whose probes went unanswered this long gets a fresh handshake.
 const ACTIVE_REKEY_UNANSWERED: Duration = Duration::from_millis(200);
-/// Gap between timer runs while something is in flight (a probe round, a handshake, a
-/// lookup).
-const BUSY_TICK: Duration = Duration::from_millis(20);
-/// Gap between timer runs otherwise.
-const IDLE_TICK: Duration = Duration::from_millis(500);
 const IDLE_PROBE_AFTER: Duration = Duration::from_millis(1500);
 const IDLE_DEAD_AFTER: Duration = Duration::from_secs(5);
 /// Recycled buffers a node keeps ([`Node::recycle`]), and the capacities it keeps: up to a
@@ -189,19 +184,6 @@ pub(crate) struct Link {
     pub session_hs_bucket: TokenBucket,
     /// The endpoint the peer says our packets come from.
     pub observed: Option<SocketAddr>,
-}
-
-impl Link {
-    /// Whether the link carries traffic (a frame sent within [`ACTIVE_WINDOW`]) and waits to
-    /// hear from the peer: something we sent since we last heard from it, or a probe, is
-    /// unanswered. Only then is it probed (once the peer answers, the link is known to have
-    /// carried everything so far, and the next frame starts a round again), and only then do
-    /// the timers run every [`BUSY_TICK`] for it.
-    fn awaiting(&self, now: Instant) -> bool {
-        self.up
-            && now.saturating_duration_since(self.last_data_tx) < ACTIVE_WINDOW
-            && (self.last_data_tx >= self.last_rx || self.unanswered_since.is_some())
-    }
 }
 
 #[derive(Debug)]
@@ -603,11 +585,17 @@ impl Node {
             || !self.session_hs.is_empty()
             || !self.lookups.is_empty()
             || !self.queries.is_empty()
-            || self.links.iter().flatten().any(|l| l.awaiting(now))
-            // Sessions in use probe their paths and notice silence on their own clocks.
-            || self.sessions.values().any(|s| s.in_use(now));
-        let mut next =
-            (now + if busy { BUSY_TICK } else { IDLE_TICK }).min(self.tree.next_announce());
+            || self
+                .links
+                .iter()
+                .flatten()
+                .any(|l| l.up && now.saturating_duration_since(l.last_data_tx) < ACTIVE_WINDOW);
+        let mut next = now
+            + if busy {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(500)
+            };
         for d in self.dials.values().filter(|d| d.linked.is_none()) {
             next = next.min(d.next_attempt.max(now + Duration::from_millis(1)));
         }
@@ -683,13 +671,8 @@ impl Node {
                     self.link_down(now, d);
                     continue;
                 }
-                // An active link is probed only while something we sent since we last heard
-                // from the peer (or a probe) is unanswered: once it answers, the link is known
-                // to have carried everything so far, and the next frame starts a round again.
                 let probe = if active {
-                    l.awaiting(now)
-                        && silent > ACTIVE_PROBE_AFTER
-                        && since_ping > ACTIVE_PROBE_EVERY
+                    silent > ACTIVE_PROBE_AFTER && since_ping > ACTIVE_PROBE_EVERY
                 } else {
                     silent > IDLE_PROBE_AFTER && since_ping > IDLE_PROBE_AFTER
                 };

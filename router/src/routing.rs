@@ -537,16 +537,13 @@ impl Node {
         {
             return;
         }
-        let mut verifying = 0;
-        for q in self.queries.values() {
-            if matches!(q.purpose, Purpose::Verify) {
-                if q.to == key {
-                    return; // its answer is on the way
-                }
-                verifying += 1;
-            }
-        }
-        if verifying < 32 {
+        if self
+            .queries
+            .values()
+            .filter(|q| matches!(q.purpose, Purpose::Verify))
+            .count()
+            < 32
+        {
             self.send_query(now, key, reverse, Purpose::Verify);
         }
     }

@@ -105,12 +105,6 @@ pub struct SessionInfo {
 }
 
 impl Session {
-    /// Whether we sent on it in the last 3 s: its paths are probed, and the node's timers
-    /// run every 20 ms for it.
-    pub(crate) fn in_use(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_tx) < Duration::from_secs(3)
-    }
-
     fn new(addr: Address, now: Instant) -> Session {
         let past = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
         Session {
@@ -739,12 +733,9 @@ impl Node {
             let busy = now.saturating_duration_since(s.last_tx) < Duration::from_secs(5);
             // We keep sending but hear nothing: the far end may have restarted and lost the
             // session, or every path we know is dead. Handshake again (it also re-resolves).
-            // (Sent more than 2 s after we last heard: not merely "heard nothing for 2 s"
-            // after an exchange that ended, which would redo the handshake and the lookup of
-            // every destination pinged once.)
             let stale = has_keys
                 && busy
-                && s.last_tx.saturating_duration_since(s.last_rx) > Duration::from_secs(2);
+                && now.saturating_duration_since(s.last_rx) > Duration::from_secs(2);
             if (has_keys && busy && s.keys.needs_handshake(now))
                 || stale
                 || (!has_keys && !s.queue.is_empty())
@@ -764,7 +755,7 @@ impl Node {
             }
             // Probe the paths of destinations in use, so a silently dead one is noticed.
             let s = self.sessions.get(&addr).expect("session");
-            let active = s.in_use(now);
+            let active = now.saturating_duration_since(s.last_tx) < Duration::from_secs(3);
             let discovery_due =
                 now.saturating_duration_since(s.last_discovery) >= Duration::from_secs(5);
             if active && now.saturating_duration_since(s.last_probe) >= PROBE_EVERY {

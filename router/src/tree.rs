@@ -22,8 +22,7 @@ use switch::{Director, Label, Route};
 
 use crate::control::{Control, Coord};
 
-/// The root counts up this often and everyone passes each new number on to its peers; with
-/// no new number (the root died), nodes re-announce every 1.5 times this.
+/// The root counts up this often; nodes re-announce at least this often.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// A root whose sequence number has not moved for this long is taken for dead.
 pub const ROOT_TIMEOUT: Duration = Duration::from_secs(7);
@@ -257,23 +256,19 @@ impl Tree {
             }
             self.dirty = true;
         }
-        self.take_dirty(now)
+        if self.dirty {
+            self.dirty = false;
+            self.next_announce = now + ANNOUNCE_EVERY;
+            return true;
+        }
+        false
     }
 
     /// Whether something changed that peers should hear at once.
     pub fn take_dirty(&mut self, now: Instant) -> bool {
         if self.dirty {
             self.dirty = false;
-            // The root counts up every ANNOUNCE_EVERY and everyone passes the new number on
-            // as it arrives; a node's own timer is the fallback for when no number arrives
-            // (the root died), so it waits longer than that: else, whenever the number came
-            // a little late, it would announce twice.
-            self.next_announce = now
-                + if self.root == self.me {
-                    ANNOUNCE_EVERY
-                } else {
-                    ANNOUNCE_EVERY * 3 / 2
-                };
+            self.next_announce = now + ANNOUNCE_EVERY;
             return true;
         }
         false

@@ -610,42 +610,6 @@ fn static_links_never_flap() {
     assert!(downs.iter().all(|&d| d == 0), "links went down: {downs:?}");
 }
 
-/// An idle mesh costs little: past its start, a link carries the spanning tree's
-/// announcements (one each way every 2 s) and a probe round or two per announcement, not a
-/// probe every 100 ms for a second after each (as before `Link::awaiting`: 13.0 datagrams
-/// per link per second here, against 3.0 since).
-#[test]
-fn an_idle_mesh_sends_little() {
-    let side = 4;
-    let mut net = Net::new(side * side, 23, |_| NodeConfig::default());
-    let mut links = 0;
-    for r in 0..side {
-        for c in 0..side {
-            let i = r * side + c;
-            if c + 1 < side {
-                net.connect(i, i + 1, false);
-                links += 1;
-            }
-            if r + 1 < side {
-                net.connect(i, i + side, false);
-                links += 1;
-            }
-        }
-    }
-    // Past the start-up lookups (self-lookups back off to 30 s apart).
-    net.run_for(Duration::from_secs(40));
-    let sent = |net: &Net| -> u64 { net.nodes.iter().map(|n| n.counters().tx_datagrams).sum() };
-    let before = sent(&net);
-    let secs = 20;
-    net.run_for(Duration::from_secs(secs));
-    let per_link_s = (sent(&net) - before) as f64 / links as f64 / secs as f64;
-    assert!(
-        per_link_s < 3.5,
-        "{per_link_s:.2} datagrams per link per second on an idle mesh"
-    );
-    assert_eq!(links_down(&net), 0);
-}
-
 /// A link that sat idle (so heard from its peer only every second or so) and then carries a
 /// packet is probed before it can be judged dead: it must not flap.
 #[test]
