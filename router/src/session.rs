@@ -490,7 +490,7 @@ impl Node {
                 // Sessions send with new keys at once, the responder too (its answer goes
                 // with its first data): holding back its data until the initiator uses the
                 // new keys, as links do, slowed recovery after failures (fail BA-1,000
-                // seed 4: 1.5 s -> 3.5 s).
+                // seed 4: 1.5 s -> 3.5 s, measured with docs/sims.md's quieter links).
                 confirmed: true,
             },
             &me,
