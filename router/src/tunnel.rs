@@ -31,7 +31,8 @@ pub struct Keys {
     /// Whether the peer is known to hold these keys: we read the handshake's last message,
     /// or the peer has sent with them. The side that sends the last message can't know
     /// whether it arrived, so it keeps sending with older keys the peer is known to hold
-    /// until then (as WireGuard's responder waits for the initiator's first data).
+    /// until then (as WireGuard's responder waits for the initiator's first data). Links
+    /// work this way; sessions set it at once (their responder's answer goes with data).
     pub confirmed: bool,
 }
 
