@@ -127,6 +127,8 @@ pub struct Params {
     pub id_cache: Option<PathBuf>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Threads the simulator runs on (the run is the same on any number).
+    pub threads: usize,
 }
 
 impl Params {
@@ -158,6 +160,7 @@ impl Params {
             quiet: 10.0,
             id_cache: None,
             progress: false,
+            threads: crate::sim::default_threads(),
         }
     }
 }
@@ -332,6 +335,7 @@ impl Run {
             seed: p.seed,
             loss: p.loss,
             mtu: p.mtu,
+            threads: p.threads,
             ..SimConfig::default()
         };
         let sim = Sim::new(&graph, ids, cfg);

@@ -95,6 +95,10 @@ struct Cli {
     /// hash (`crypto::simulated`): the same messages and checks, half the CPU time.
     #[arg(long)]
     real_signatures: bool,
+    /// Threads to split the nodes between (the run is the same on any number). Default:
+    /// `SIM_THREADS` if set, else every core for 1,000 nodes or more and one below.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -138,6 +142,13 @@ fn main() -> anyhow::Result<()> {
     p.settle = c.settle;
     p.jump = c.jump;
     p.quiet = c.quiet;
+    p.threads = c.threads.unwrap_or_else(|| {
+        if std::env::var_os("SIM_THREADS").is_some() || c.nodes < 1000 {
+            sims::sim::default_threads()
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    });
     p.id_cache = (c.id_cache != "none").then(|| PathBuf::from(&c.id_cache));
     p.progress = std::io::stderr().is_terminal();
     let report = sims::run(&p)?;
@@ -151,7 +162,7 @@ struct VirtualTime;
 
 impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let ns = sims::sim::VIRTUAL_NS.load(std::sync::atomic::Ordering::Relaxed);
+        let ns = sims::sim::virtual_ns();
         write!(w, "t={:.6}", ns as f64 / 1e9)
     }
 }

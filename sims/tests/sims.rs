@@ -164,3 +164,21 @@ fn real_topologies_load() {
     }
     assert!(seen >= 7, "{seen} GML files");
 }
+
+/// The nodes split between threads (parts of the network handled in windows of independent
+/// events, handed between threads as they finish): the same run, bit for bit, as on one
+/// thread, both where datagrams are all there is (reach) and where nodes stop and start on a
+/// schedule (churn).
+#[test]
+fn threads_do_not_change_the_run() {
+    for e in [Experiment::Reach, Experiment::Churn] {
+        let mut p = params(e, 40, Kind::Ba, 13);
+        p.duration = 8.0;
+        p.threads = 1;
+        let one = comparable(run(&p).unwrap().summary);
+        p.threads = 3;
+        let three = comparable(run(&p).unwrap().summary);
+        assert_eq!(one, three, "{e:?}");
+        assert!(one.success_rate.unwrap() > 0.5, "{one:#?}");
+    }
+}
