@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use clap::Parser;
 use sims::{Experiment, Kind, Params, Topology};
 
+/// mimalloc instead of glibc's malloc: a simulated mesh allocates a buffer per datagram,
+/// from two threads, and its nodes' state is spread over many small allocations.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs the real meshd node code on a simulated network with a virtual clock.
 #[derive(Parser, Debug)]
 #[command(name = "sims", version)]
