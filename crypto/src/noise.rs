@@ -192,6 +192,27 @@ pub enum NoiseError {
     Exhausted,
 }
 
+/// A handshake builder: snow's own, or in a simulator ([`crate::simulated`]) one whose
+/// Diffie-Hellman is the stand-in.
+fn builder<'a>(pattern: Pattern, psk: bool) -> Builder<'a> {
+    if crate::simulated::signatures() {
+        Builder::with_resolver(
+            params(pattern, psk),
+            Box::new(crate::simulated::Resolver::new()),
+        )
+    } else {
+        Builder::new(params(pattern, psk))
+    }
+}
+
+/// The X25519 form of `key` (remembered, in a simulator).
+fn x25519_of(key: &PublicKey) -> Result<[u8; 32], KeyError> {
+    if crate::simulated::signatures() {
+        return crate::simulated::x25519_of(key).ok_or(KeyError::BadPoint);
+    }
+    key.to_x25519()
+}
+
 fn params(pattern: Pattern, psk: bool) -> snow::params::NoiseParams {
     let name = match (pattern, psk) {
         (Pattern::XX, false) => "Noise_XX_25519_ChaChaPoly_BLAKE2s",
@@ -251,12 +272,12 @@ impl Handshake {
         offer_aes: bool,
     ) -> Result<Self, NoiseError> {
         let secret = id.x25519_secret();
-        let mut b = Builder::new(params(pattern, psk.is_some())).local_private_key(&secret)?;
+        let mut b = builder(pattern, psk.is_some()).local_private_key(&secret)?;
         let rs;
         if pattern == Pattern::IK {
             let r = remote.ok_or(NoiseError::NoIdentity)?;
             r.validate()?;
-            rs = r.to_x25519()?;
+            rs = x25519_of(r)?;
             b = b.remote_public_key(&rs)?;
         }
         if let Some(k) = psk {
@@ -295,7 +316,7 @@ impl Handshake {
         offer_aes: bool,
     ) -> Result<Self, NoiseError> {
         let secret = id.x25519_secret();
-        let mut b = Builder::new(params(pattern, psk.is_some())).local_private_key(&secret)?;
+        let mut b = builder(pattern, psk.is_some()).local_private_key(&secret)?;
         if let Some(k) = psk {
             b = b.psk(if pattern == Pattern::XX { 0 } else { 1 }, k)?;
         }
@@ -383,7 +404,7 @@ impl Handshake {
             if n == 32 || n == 33 {
                 let key = PublicKey(payload[..32].try_into().expect("32 bytes"));
                 key.validate()?;
-                if key.to_x25519()?[..] != *rs {
+                if x25519_of(&key)?[..] != *rs {
                     return Err(KeyError::BadPoint.into());
                 }
                 if let Some(pinned) = self.remote {
