@@ -417,15 +417,18 @@ impl Shared<'_> {
 
     /// The part that holds node `i`.
     fn part_of(&self, i: u32) -> usize {
-        self.bounds[1..].partition_point(|&b| b <= i)
+        part_of(self.bounds, i)
     }
+}
+
+/// The part that holds node `i`, given the parts' `bounds`.
+fn part_of(bounds: &[u32], i: u32) -> usize {
+    bounds[1..].partition_point(|&b| b <= i)
 }
 
 /// A part of the network (a range of nodes), handled by one thread at a time: its nodes,
 /// their records, its queue.
 struct Part<'a> {
-    /// Its first node.
-    first: u32,
     nodes: &'a mut [Option<Node>],
     io: PartIo<'a>,
 }
@@ -449,7 +452,7 @@ impl Part<'_> {
             self.io.out.stats.events += 1;
             VIRTUAL_NS.with(|v| v.set(k.t));
             let i = k.node;
-            let li = (i - self.first) as usize;
+            let li = (i - self.io.first) as usize;
             self.io.state[li].work = self.io.state[li].work.saturating_add(1);
             match ev {
                 Ev::Timer => {
@@ -495,7 +498,7 @@ impl Part<'_> {
 
     /// Starts node `i` at `now` (fresh state, same identity): it dials its peers.
     fn start(&mut self, sh: &Shared, i: u32, now: u64) {
-        let li = (i - self.first) as usize;
+        let li = (i - self.io.first) as usize;
         if self.nodes[li].is_some() {
             return;
         }
@@ -517,7 +520,7 @@ impl Part<'_> {
     /// Collects node `i`'s output at `now` (ns): datagrams onto links, TUN packets,
     /// events, its timer.
     fn drain(&mut self, sh: &Shared, i: u32, now: u64) {
-        let li = (i - self.first) as usize;
+        let li = (i - self.io.first) as usize;
         loop {
             let Some(node) = self.nodes[li].as_mut() else {
                 return;
@@ -937,7 +940,7 @@ impl Sim {
 
     /// The part that holds node `i`.
     fn part_of(&self, i: u32) -> usize {
-        self.bounds[1..].partition_point(|&b| b <= i)
+        part_of(&self.bounds, i)
     }
 
     /// Applies `action` now.
@@ -974,7 +977,6 @@ impl Sim {
             bounds: &self.bounds,
         };
         let mut part = Part {
-            first: a as u32,
             nodes: &mut self.nodes[a..b],
             io: PartIo {
                 me: p,
@@ -1163,7 +1165,6 @@ impl Sim {
             .zip(self.queues.iter_mut())
             .enumerate()
             .map(|(p, ((nodes, state), queue))| Part {
-                first: sh.bounds[p],
                 nodes,
                 io: PartIo {
                     me: p,
