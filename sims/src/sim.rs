@@ -656,13 +656,19 @@ fn split_parts<'a, T>(mut s: &'a mut [T], bounds: &[u32]) -> Vec<&'a mut [T]> {
     out
 }
 
-/// A barrier that spins before it yields: a window is often shorter than a sleeping
-/// thread takes to wake up.
+/// A barrier that spins a while before it sleeps: a window's work is often done sooner
+/// than a sleeping thread takes to wake up, but a thread that spins while the one it waits
+/// for has no core (more threads than cores, or a busy machine) only delays it.
 struct SpinBarrier {
     parts: usize,
     arrived: std::sync::atomic::AtomicUsize,
     generation: std::sync::atomic::AtomicUsize,
+    sleepers: std::sync::Mutex<()>,
+    wake: std::sync::Condvar,
 }
+
+/// Spins before a thread waiting at a [`SpinBarrier`] sleeps (tens of microseconds).
+const BARRIER_SPINS: u32 = 20_000;
 
 impl SpinBarrier {
     fn new(parts: usize) -> SpinBarrier {
@@ -670,6 +676,8 @@ impl SpinBarrier {
             parts,
             arrived: 0.into(),
             generation: 0.into(),
+            sleepers: std::sync::Mutex::new(()),
+            wake: std::sync::Condvar::new(),
         }
     }
 
@@ -679,17 +687,22 @@ impl SpinBarrier {
         let generation = self.generation.load(Acquire);
         if self.arrived.fetch_add(1, AcqRel) + 1 == self.parts {
             self.arrived.store(0, Relaxed);
+            // Under the lock, so a thread about to sleep either sees the new generation or
+            // is already waiting when the wake-up comes.
+            let _guard = self.sleepers.lock().expect("barrier");
             self.generation.fetch_add(1, Release);
+            self.wake.notify_all();
             return;
         }
-        let mut spins = 0u32;
-        while self.generation.load(Acquire) == generation {
-            if spins < 20_000 {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+        for _ in 0..BARRIER_SPINS {
+            if self.generation.load(Acquire) != generation {
+                return;
             }
+            std::hint::spin_loop();
+        }
+        let mut guard = self.sleepers.lock().expect("barrier");
+        while self.generation.load(Acquire) == generation {
+            guard = self.wake.wait(guard).expect("barrier");
         }
     }
 }

@@ -167,12 +167,17 @@ fn real_topologies_load() {
 
 /// The nodes split between threads (parts of the network handled in windows of independent
 /// events, handed between threads as they finish): the same run, bit for bit, as on one
-/// thread, both where datagrams are all there is (reach) and where nodes stop and start on a
-/// schedule (churn).
+/// thread, where datagrams are all there is (reach), where nodes stop and start on a
+/// schedule (churn), and where links come and go between steps (mobility, radios at random
+/// distances: latencies all different).
 #[test]
 fn threads_do_not_change_the_run() {
-    for e in [Experiment::Reach, Experiment::Churn] {
-        let mut p = params(e, 40, Kind::Ba, 13);
+    for (e, kind, n) in [
+        (Experiment::Reach, Kind::Ba, 40),
+        (Experiment::Churn, Kind::Ba, 40),
+        (Experiment::Mobility, Kind::Geometric, 20),
+    ] {
+        let mut p = params(e, n, kind, 13);
         p.duration = 8.0;
         p.threads = 1;
         let one = comparable(run(&p).unwrap().summary);
