@@ -6,7 +6,7 @@
 //! comes from the seed (the run's RNG for experiments' choices, one per node for the nodes
 //! and for loss on their datagrams), so one seed gives one run. No sleeping: time jumps from
 //! event to event. The nodes may be split between threads, in windows of independent
-//! events ([`Sim::run_until`]); the run is the same however many there are.
+//! events (`Sim::run_windows`); the run is the same however many there are.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -1124,7 +1124,9 @@ impl Sim {
             .map(|t| self.base + Duration::from_nanos(t))
     }
 
-    /// Runs every event up to and including `until`, then sets the clock to `until`.
+    /// Runs every event up to and including `until`, then sets the clock to `until`. Events
+    /// run in windows of independent events, on [`SimConfig::threads`] threads; scheduled
+    /// link changes between windows. Probe and lookup results are taken in at the end.
     pub fn run_until(&mut self, until: Instant) {
         let until_ns = self.ns(until);
         loop {
