@@ -23,6 +23,9 @@ const K: usize = 12;
 const ANSWER_RECORDS: usize = 8;
 /// A query unanswered this long is failed.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
+/// A lookup query unanswered this long stops holding one of the `ALPHA` places (its answer
+/// still counts until `QUERY_TIMEOUT`).
+const QUERY_SLOW: Duration = Duration::from_millis(250);
 /// A probe unanswered this long marks its path failed.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// A lookup gives up after this.
@@ -49,6 +52,8 @@ struct Candidate {
     /// Asked a second time after a query went unanswered (a lost datagram is likelier than a
     /// dead node); a second silence counts as a failure.
     retried: bool,
+    /// When the query in flight went out (`None` once it has been slow for `QUERY_SLOW`).
+    asked_at: Option<Instant>,
 }
 
 /// A lookup in progress.
@@ -112,6 +117,7 @@ impl Node {
                     state: CandState::New,
                     alternatives: working.take(3).collect(),
                     retried: false,
+                    asked_at: None,
                 })
             })
             .collect();
@@ -130,6 +136,7 @@ impl Node {
                         state: CandState::New,
                         alternatives: Vec::new(),
                         retried: false,
+                        asked_at: None,
                     })
                 })
                 .collect();
@@ -194,10 +201,22 @@ impl Node {
                 self.finish_lookup(now, target, true);
                 return;
             }
-            let inflight = l
+            let asked = l
                 .cands
                 .iter()
                 .filter(|c| c.state == CandState::Asked)
+                .count();
+            // A query unanswered for a while still counts if its answer comes, but no longer
+            // holds one of the ALPHA places: with dead candidates (nodes just failed) the
+            // lookup goes on to the next ones instead of waiting out each timeout.
+            let inflight = l
+                .cands
+                .iter()
+                .filter(|c| {
+                    c.state == CandState::Asked
+                        && c.asked_at
+                            .is_some_and(|t| now.saturating_duration_since(t) < QUERY_SLOW)
+                })
                 .count();
             let mut to_ask = Vec::new();
             for c in l
@@ -211,11 +230,12 @@ impl Node {
                 }
                 if c.state == CandState::New {
                     c.state = CandState::Asked;
+                    c.asked_at = Some(now);
                     to_ask.push((c.key, c.path));
                 }
             }
             if to_ask.is_empty() {
-                if inflight == 0 {
+                if asked == 0 {
                     self.finish_lookup(now, target, false);
                 }
                 return;
@@ -650,6 +670,7 @@ impl Node {
                         },
                     ),
                     retried: false,
+                    asked_at: None,
                 }),
                 // Another way to the same node: if the path we tried dies (often the very
                 // reason for this lookup), the node is tried again over this one.
@@ -939,6 +960,22 @@ impl Node {
                 Purpose::Admin(id) | Purpose::Trace(id) => {
                     self.events.push_back(Event::Ping { id, result: None })
                 }
+            }
+        }
+        // Lookups with a query that just turned slow: their next candidates are due.
+        for l in self.lookups.values_mut() {
+            let mut turned_slow = false;
+            for c in l.cands.iter_mut().filter(|c| c.state == CandState::Asked) {
+                if c.asked_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= QUERY_SLOW)
+                {
+                    // Noted once: it no longer holds a place.
+                    c.asked_at = None;
+                    turned_slow = true;
+                }
+            }
+            if turned_slow {
+                self.pending_lookup_steps.push(l.target);
             }
         }
         // Lookups past their deadline, and those whose queries failed.

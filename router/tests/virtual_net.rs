@@ -6,8 +6,8 @@ use std::collections::{BinaryHeap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crypto::Identity;
-use meshd_router::{Label, Node, NodeConfig};
+use crypto::{Address, Identity};
+use meshd_router::{Event, Label, Node, NodeConfig};
 use rand::{Rng, SeedableRng};
 
 /// A datagram in flight: arrival time, sequence, to, from, bytes.
@@ -31,6 +31,8 @@ struct Net {
     delivered: Vec<Vec<(Instant, Vec<u8>)>>,
     /// Whether nodes answer ICMPv6 echo requests, as a kernel would.
     echo: bool,
+    /// Lookups that ended: (node, request id, found, when).
+    lookups_done: Vec<(usize, u64, bool, Instant)>,
 }
 
 fn ep(i: usize) -> SocketAddr {
@@ -68,6 +70,7 @@ impl Net {
             seq: 0,
             delivered: vec![Vec::new(); n],
             echo: false,
+            lookups_done: Vec::new(),
         }
     }
 
@@ -132,7 +135,11 @@ impl Net {
         }
         // Echo replies the node just produced.
         self.send_transmits(i);
-        while self.nodes[i].poll_event().is_some() {}
+        while let Some(e) = self.nodes[i].poll_event() {
+            if let Event::Lookup { id, result } = e {
+                self.lookups_done.push((i, id, result.is_some(), self.now));
+            }
+        }
     }
 
     /// Runs until `until`.
@@ -1033,4 +1040,59 @@ fn a_line_longer_than_a_label_is_crossed_through_a_relay() {
     let route = net.nodes[0].path_to(&far).expect("a route to the far end");
     assert_eq!(route.hops(), n - 1, "{route}");
     assert!(route.segments().len() >= 2, "{route}");
+}
+
+/// Nodes that just died are the closest a lookup knows to its target: it must go on to the
+/// next candidates while their queries are unanswered, not wait out a 1 s timeout for each
+/// round of three. A star of 24 leaves; the target joins last, so only the nodes its own
+/// lookup met know it; the asker is a leaf that doesn't, and the three leaves it would ask
+/// first fall silent.
+#[test]
+fn a_lookup_goes_past_dead_candidates() {
+    let mut net = Net::new(25, 77, |_| NodeConfig::default());
+    for leaf in 1..25 {
+        net.connect(leaf, 0, false);
+    }
+    net.run_for(Duration::from_secs(12));
+    let id = Identity::generate(&mut net.rng);
+    let target = net.add_node(id);
+    net.connect(target, 0, false);
+    net.run_for(Duration::from_secs(2));
+    let t_addr = net.nodes[target].address();
+    let asker = (1..25)
+        .find(|&i| !net.nodes[i].routes().any(|e| e.addr == t_addr))
+        .expect("a leaf that doesn't know the target");
+    // The three nodes the asker knows that are closest to the target (by XOR) die.
+    let mut known: Vec<(Address, usize)> = net.nodes[asker]
+        .routes()
+        .filter_map(|e| {
+            (1..25)
+                .find(|&i| net.nodes[i].address() == e.addr)
+                .map(|i| (e.addr, i))
+        })
+        .collect();
+    known.sort_by_key(|(a, _)| a.distance(&t_addr));
+    assert!(
+        known.len() >= 6,
+        "the asker knows enough nodes: {}",
+        known.len()
+    );
+    for &(_, dead) in &known[..3] {
+        net.cut.insert(key(dead, 0));
+    }
+    let start = net.now;
+    net.nodes[asker].lookup(net.now, t_addr, 9);
+    net.flush(asker);
+    net.run_for(Duration::from_secs(3));
+    let &(_, _, found, at) = net
+        .lookups_done
+        .iter()
+        .find(|(i, id, ..)| *i == asker && *id == 9)
+        .expect("the lookup ended");
+    assert!(found, "the target is found");
+    let took = at - start;
+    assert!(
+        took < Duration::from_millis(800),
+        "found in {took:?}: the dead candidates' timeouts were waited out"
+    );
 }
