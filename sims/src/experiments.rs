@@ -973,7 +973,9 @@ fn fail(p: &Params) -> anyhow::Result<Report> {
     }
     let pre_end = r.sim.probes.len();
     let mut sp_pre = Shortest::of(&r.sim);
-    // The failure.
+    // The failure. (With `SIM_DEBUG`: whether it takes the tree's root, which every node
+    // then keeps for up to `ROOT_TIMEOUT` before the tree re-forms under another.)
+    let root_before = r.sim.nodes.iter().flatten().next().map(|n| n.tree().root());
     let n = r.graph.n;
     if !p.kill.is_empty() {
         for &k in &p.kill {
@@ -993,6 +995,15 @@ fn fail(p: &Params) -> anyhow::Result<Report> {
         for &i in &ns[..k] {
             r.sim.apply(Action::Kill(i));
         }
+    }
+    if std::env::var_os("SIM_DEBUG").is_some() {
+        let root_alive = r
+            .sim
+            .nodes
+            .iter()
+            .flatten()
+            .any(|n| Some(n.identity().public_key()) == root_before);
+        eprintln!("SIM_DEBUG failure at {t_fail:.1} s: the tree's root survives: {root_alive}");
     }
     let mut sp_post = Shortest::of(&r.sim);
     let t_end = t_fail + after;
