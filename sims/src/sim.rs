@@ -397,6 +397,16 @@ struct Out {
     mail: Vec<Vec<Mail>>,
 }
 
+impl Out {
+    /// Nothing yet, with a mailbox for each of `parts` parts.
+    fn for_parts(parts: usize) -> Out {
+        Out {
+            mail: (0..parts).map(|_| Vec::new()).collect(),
+            ..Out::default()
+        }
+    }
+}
+
 /// What every part reads and nobody changes while windows run.
 struct Shared<'a> {
     base: Instant,
@@ -408,6 +418,24 @@ struct Shared<'a> {
     node_links: &'a [Vec<u32>],
     probes: &'a [Probe],
     bounds: &'a [u32],
+}
+
+/// The [`Shared`] view of a [`Sim`], borrowing its fields one by one (so its nodes and
+/// queues can be borrowed mutably beside it).
+macro_rules! shared {
+    ($sim:expr) => {
+        Shared {
+            base: $sim.base,
+            cfg: &$sim.cfg,
+            ids: &$sim.ids,
+            ips: &$sim.ips,
+            links: &$sim.links,
+            link_of: &$sim.link_of,
+            node_links: &$sim.node_links,
+            probes: &$sim.probes,
+            bounds: &$sim.bounds,
+        }
+    };
 }
 
 impl Shared<'_> {
@@ -978,17 +1006,7 @@ impl Sim {
         let p = self.part_of(i);
         let parts = self.queues.len();
         let (a, b) = (self.bounds[p] as usize, self.bounds[p + 1] as usize);
-        let sh = Shared {
-            base: self.base,
-            cfg: &self.cfg,
-            ids: &self.ids,
-            ips: &self.ips,
-            links: &self.links,
-            link_of: &self.link_of,
-            node_links: &self.node_links,
-            probes: &self.probes,
-            bounds: &self.bounds,
-        };
+        let sh = shared!(self);
         let mut part = Part {
             nodes: &mut self.nodes[a..b],
             io: PartIo {
@@ -996,10 +1014,7 @@ impl Sim {
                 first: a as u32,
                 state: &mut self.state[a..b],
                 queue: &mut self.queues[p],
-                out: Out {
-                    mail: (0..parts).map(|_| Vec::new()).collect(),
-                    ..Out::default()
-                },
+                out: Out::for_parts(parts),
             },
         };
         f(&mut part, &sh);
@@ -1161,17 +1176,7 @@ impl Sim {
         let parts = self.queues.len();
         let threads = self.cfg.threads.min(parts);
         let window = self.min_latency.max(1);
-        let sh = Shared {
-            base: self.base,
-            cfg: &self.cfg,
-            ids: &self.ids,
-            ips: &self.ips,
-            links: &self.links,
-            link_of: &self.link_of,
-            node_links: &self.node_links,
-            probes: &self.probes,
-            bounds: &self.bounds,
-        };
+        let sh = shared!(self);
         let nodes = split_parts(&mut self.nodes, &self.bounds);
         let states = split_parts(&mut self.state, &self.bounds);
         let mut ps: Vec<Part> = nodes
@@ -1186,10 +1191,7 @@ impl Sim {
                     first: sh.bounds[p],
                     state,
                     queue,
-                    out: Out {
-                        mail: (0..parts).map(|_| Vec::new()).collect(),
-                        ..Out::default()
-                    },
+                    out: Out::for_parts(parts),
                 },
             })
             .collect();
