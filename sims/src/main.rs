@@ -96,8 +96,9 @@ struct Cli {
     /// Directory caching generated identities ("none" to disable).
     #[arg(long, default_value = "target/sims-ids")]
     id_cache: String,
-    /// Sign and check with real ed25519. By default the simulated nodes sign with a keyed
-    /// hash (`crypto::simulated`): the same messages and checks, half the CPU time.
+    /// Real crypto: sign and check with ed25519, handshake with X25519. By default the
+    /// simulated nodes sign with a keyed hash and handshake with a stand-in Diffie-Hellman
+    /// (`crypto::simulated`): the same messages and checks, a fraction of the CPU time.
     #[arg(long)]
     real_signatures: bool,
     /// Threads to split the nodes between (the run is the same on any number). Default:
