@@ -248,8 +248,16 @@ impl Node {
         s.stats.tx_packets += 1;
         s.stats.tx_bytes += packet.len() as u64;
         if s.current_path != Some(route) {
-            if s.current_path.is_some() {
+            if let Some(old) = s.current_path {
                 self.counters.path_switches += 1;
+                tracing::debug!(
+                    me = %self.id.address(),
+                    peer = %addr,
+                    from_hops = old.hops(),
+                    to_hops = route.hops(),
+                    reply_path = s.rx_path.is_some_and(|(l, _)| l == route),
+                    "session path switched"
+                );
             }
             s.current_path = Some(route);
         }
