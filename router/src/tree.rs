@@ -256,12 +256,7 @@ impl Tree {
             }
             self.dirty = true;
         }
-        if self.dirty {
-            self.dirty = false;
-            self.next_announce = now + ANNOUNCE_EVERY;
-            return true;
-        }
-        false
+        self.take_dirty(now)
     }
 
     /// Whether something changed that peers should hear at once.
