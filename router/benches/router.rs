@@ -66,7 +66,7 @@ fn table(n: usize, k: usize) -> (RoutingTable, Vec<Address>) {
             Some(Duration::from_millis(5)),
             now,
             false,
-            false,
+            |_| false,
         );
     }
     let targets = keys[n + 1..].iter().map(|k| k.address()).collect();

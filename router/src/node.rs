@@ -1040,6 +1040,7 @@ impl Node {
                 since: now,
                 we_initiated,
                 confirmed,
+                heard: None,
             },
             &me,
             &key,
@@ -1071,13 +1072,14 @@ impl Node {
         if let Some(d) = self.direct.get_mut(&key.address()) {
             d.state = crate::routing::DirectState::Linked;
         }
+        let (sessions, lookups) = (&self.sessions, &self.lookups);
         self.table.upsert(
             key,
             Label::single(d).expect("director fits"),
             None,
             now,
             true,
-            false,
+            |a| sessions.contains_key(a) || lookups.contains_key(a),
         );
         if self.next_self_lookup.is_none() {
             self.next_self_lookup = Some(now);
@@ -1470,6 +1472,12 @@ impl Node {
                 };
                 let broken = move |r: Route| r.first().strip_prefix(dead).is_some();
                 let touched = self.table.mark_broken(broken, now);
+                tracing::debug!(
+                    me = %self.id.address(),
+                    reporter_hops = reverse.hops(),
+                    touched = ?touched,
+                    "switch error: paths marked broken"
+                );
                 self.on_path_broken(now, broken);
                 self.on_routes_changed(now, &touched);
             }

@@ -488,9 +488,11 @@ impl Node {
                 self.queries.remove(&txid);
                 let rtt = now.saturating_duration_since(q.sent);
                 let addr = expected.address();
-                let in_use = self.sessions.contains_key(&addr) || self.lookups.contains_key(&addr);
+                let (sessions, lookups) = (&self.sessions, &self.lookups);
                 self.table
-                    .upsert(expected, q.path, Some(rtt), now, false, in_use);
+                    .upsert(expected, q.path, Some(rtt), now, false, |a| {
+                        sessions.contains_key(a) || lookups.contains_key(a)
+                    });
                 let coord = match &msg {
                     Control::Nodes { coord, .. } | Control::Pong { coord, .. } => *coord,
                     _ => None,
@@ -953,6 +955,12 @@ impl Node {
                     // A silently dead path: mark it, so the session moves to the next one.
                     self.counters.probes_lost += 1;
                     let touched = self.table.mark_broken(|l| l == q.path, now);
+                    tracing::debug!(
+                        me = %self.id.address(),
+                        to = %q.to.address(),
+                        hops = q.path.hops(),
+                        "probe lost: path marked broken"
+                    );
                     self.on_path_broken(now, |l| l == q.path);
                     self.on_routes_changed(now, &touched);
                 }

@@ -119,7 +119,9 @@ impl RoutingTable {
     /// (Kademlia keeps the old ones: they are likelier to stay), unless the entry is
     /// `pinned` (a direct peer) or `in_use` (a destination we talk to or look up): those go
     /// in beyond `k`, and [`RoutingTable::expire`] trims them once no longer in use. So the
-    /// table is O(k log n) plus the destinations in use.
+    /// table is O(k log n) plus the destinations in use. A newcomer never evicts an entry
+    /// that is pinned or in use: a session must not lose its paths because a lookup heard
+    /// of a closer node in the same bucket.
     pub fn upsert(
         &mut self,
         key: PublicKey,
@@ -127,13 +129,14 @@ impl RoutingTable {
         rtt: Option<Duration>,
         now: Instant,
         pinned: bool,
-        in_use: bool,
+        in_use: impl Fn(&Address) -> bool,
     ) -> bool {
         let route = route.into();
         let addr = key.address();
         let Some(b) = self.bucket(&addr) else {
             return false;
         };
+        let new_in_use = in_use(&addr);
         let max_paths = self.max_paths;
         let k = self.k;
         let bucket = &mut self.buckets[b];
@@ -149,7 +152,7 @@ impl RoutingTable {
                         bucket
                             .iter()
                             .enumerate()
-                            .filter(|(_, e)| !e.pinned)
+                            .filter(|(_, e)| !e.pinned && !in_use(&e.addr))
                             .filter_map(|(i, e)| Some((i, e.best()?.route.hops())))
                             .max_by_key(|&(_, h)| h)
                             .filter(|&(_, h)| h > route.hops())
@@ -157,13 +160,13 @@ impl RoutingTable {
                     };
                     match bucket
                         .iter()
-                        .position(|e| Self::evictable(e, now))
+                        .position(|e| Self::evictable(e, now) && !in_use(&e.addr))
                         .or_else(farthest)
                     {
                         Some(i) => {
                             bucket.swap_remove(i);
                         }
-                        None if pinned || in_use => {}
+                        None if pinned || new_in_use => {}
                         None => return false,
                     }
                 }
@@ -324,7 +327,7 @@ mod tests {
                 None,
                 now,
                 false,
-                false,
+                |_| false,
             );
         }
         // Roughly half the nodes fall in bucket 0..: each bucket holds at most 4.
@@ -334,12 +337,16 @@ mod tests {
 
         let x = ids[0].public_key();
         if t.get(&x.address()).is_none() {
-            t.upsert(x, Label::single(1).unwrap(), None, now, true, false);
+            t.upsert(x, Label::single(1).unwrap(), None, now, true, |_| false);
         }
         let slow = Label::from_directors(&[1, 2]).unwrap();
         let fast = Label::from_directors(&[3, 2]).unwrap();
-        t.upsert(x, slow, Some(Duration::from_millis(9)), now, false, false);
-        t.upsert(x, fast, Some(Duration::from_millis(2)), now, false, false);
+        t.upsert(x, slow, Some(Duration::from_millis(9)), now, false, |_| {
+            false
+        });
+        t.upsert(x, fast, Some(Duration::from_millis(2)), now, false, |_| {
+            false
+        });
         assert_eq!(
             t.get(&x.address()).unwrap().best().unwrap().route,
             Route::from(fast)
@@ -361,6 +368,43 @@ mod tests {
         assert_eq!(c[0].addr, x.address());
     }
 
+    /// A newcomer with a shorter path takes the place of the entry with the longest one, but
+    /// never of an entry in use: a session kept losing its destination's paths (and falling
+    /// back to older, slower ones) whenever a lookup heard of a nearer node of that bucket.
+    #[test]
+    fn entries_in_use_are_not_evicted_for_shorter_newcomers() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let me = Identity::generate(&mut rng);
+        let now = Instant::now();
+        let mut t = RoutingTable::new(me.address(), 2);
+        let in_bucket: Vec<_> = (0..64)
+            .map(|_| Identity::generate(&mut rng))
+            .filter(|i| me.address().common_prefix_len(&i.address()) == 8)
+            .collect();
+        assert!(in_bucket.len() >= 4);
+        let long = Label::from_directors(&[3, 4, 5, 6, 7]).unwrap();
+        let short = Label::from_directors(&[3, 4]).unwrap();
+        let used = in_bucket[0].address();
+        let in_use = |a: &Address| *a == used;
+        for i in &in_bucket[..2] {
+            assert!(t.upsert(i.public_key(), long, None, now, false, in_use));
+        }
+        // The one not in use goes for the shorter newcomer...
+        assert!(t.upsert(in_bucket[2].public_key(), short, None, now, false, in_use));
+        assert!(t.get(&in_bucket[1].address()).is_none());
+        // ...the one in use stays, and a bucket of short paths and in-use entries is full.
+        assert!(t.get(&used).is_some());
+        assert!(!t.upsert(in_bucket[3].public_key(), short, None, now, false, in_use));
+        assert!(t.get(&used).is_some());
+        // Without the session, the long path goes.
+        assert!(
+            t.upsert(in_bucket[3].public_key(), short, None, now, false, |_| {
+                false
+            })
+        );
+        assert!(t.get(&used).is_none());
+    }
+
     /// A destination in use gets an entry even when its bucket is full of live nodes (else a
     /// lookup finds it and the session still has no path), and loses it once not in use.
     #[test]
@@ -378,15 +422,18 @@ mod tests {
             .collect();
         assert!(in_bucket.len() >= 4);
         for i in &in_bucket[..2] {
-            assert!(t.upsert(i.public_key(), l, None, now, false, false));
+            assert!(t.upsert(i.public_key(), l, None, now, false, |_| false));
         }
         let extra = in_bucket[2].public_key();
         assert!(
-            !t.upsert(extra, l, None, now, false, false),
+            !t.upsert(extra, l, None, now, false, |_| false),
             "full bucket refuses"
         );
         assert!(t.get(&extra.address()).is_none());
-        assert!(t.upsert(extra, l, None, now, false, true), "in use goes in");
+        assert!(
+            t.upsert(extra, l, None, now, false, |a| *a == extra.address()),
+            "in use goes in"
+        );
         assert_eq!(t.bucket_len(8), 3);
         let others: Vec<_> = in_bucket[..2].iter().map(|i| i.address()).collect();
         t.expire(now, |a| *a == extra.address() || others.contains(a));
