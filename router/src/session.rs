@@ -256,6 +256,17 @@ impl Node {
                     from_hops = old.hops(),
                     to_hops = route.hops(),
                     reply_path = s.rx_path.is_some_and(|(l, _)| l == route),
+                    rx = ?s.rx_path.map(|(l, t)| (l.hops(), now.saturating_duration_since(t))),
+                    // (hops, rtt, failed how long ago) of each path the table holds.
+                    table = ?self.table.get(&addr).map(|e| {
+                        e.paths
+                            .iter()
+                            .map(|p| {
+                                let failed = p.failed_at.map(|f| now.saturating_duration_since(f));
+                                (p.route.hops(), p.rtt, failed)
+                            })
+                            .collect::<Vec<_>>()
+                    }),
                     "session path switched"
                 );
             }
@@ -325,6 +336,14 @@ impl Node {
         s.key = Some(key);
         s.hs_started = Some(now);
         s.hs_attempts += 1;
+        tracing::debug!(
+            me = %self.id.address(),
+            peer = %addr,
+            idx,
+            attempt = s.hs_attempts,
+            hops = route.hops(),
+            "session handshake: try sent"
+        );
         self.counters.session_handshakes_sent += 1;
         self.send_frame(now, route, FrameKind::Session, &msg);
     }
@@ -352,6 +371,11 @@ impl Node {
             } => {
                 let Some(mut p) = self.session_hs.take(receiver) else {
                     self.counters.drop_unknown_index += 1;
+                    tracing::debug!(
+                        me = %self.id.address(),
+                        receiver,
+                        "session handshake: answer to a try no longer held"
+                    );
                     return;
                 };
                 if p.hs.read_message(noise).is_err() || !p.hs.is_finished() {
@@ -359,8 +383,12 @@ impl Node {
                     return;
                 }
                 let addr = p.ctx.addr;
-                // One answered try is enough: the others for this destination are done.
-                self.session_hs.retain(|q| q.ctx.addr != addr);
+                // One answered try is enough: earlier ones for this destination are done. Later
+                // ones stay answerable: the responder may have answered them too, and then holds
+                // only the two newest tries' keys; finishing a later try moves us onto them.
+                let started = p.started;
+                self.session_hs
+                    .retain(|q| q.ctx.addr != addr || q.started > started);
                 self.finish_session(now, addr, p.hs, receiver, sender, reverse);
             }
             TunnelMsg::Data {
@@ -454,6 +482,14 @@ impl Node {
         else {
             return;
         };
+        tracing::debug!(
+            me = %self.id.address(),
+            peer = %addr,
+            idx,
+            sender,
+            hops = route.hops(),
+            "session handshake: try answered"
+        );
         self.send_frame(now, route, FrameKind::Session, &msg);
         self.finish_session(now, addr, hs, idx, sender, route);
     }
@@ -500,12 +536,21 @@ impl Node {
                 // new keys, as links do, slowed recovery after failures (fail BA-1,000
                 // seed 4: 1.5 s -> 3.5 s, measured with docs/sims.md's quieter links).
                 confirmed: true,
+                heard: None,
             },
             &me,
             &key,
             now,
             &mut self.session_idx,
             addr,
+        );
+        let held = |k: &Option<Keys>| k.as_ref().map(|k| (k.local_idx, k.remote_idx));
+        tracing::debug!(
+            me = %self.id.address(),
+            peer = %addr,
+            current = ?held(&s.keys.current),
+            previous = ?held(&s.keys.previous),
+            "session keys installed (local, remote index)"
         );
         self.flush_session(now, addr);
     }
@@ -537,6 +582,7 @@ impl Node {
     ) {
         let Some(&addr) = self.session_idx.get(&receiver) else {
             self.counters.drop_unknown_index += 1;
+            tracing::debug!(me = %self.id.address(), receiver, "session data for unknown keys");
             return;
         };
         let me = self.id.address().ip();
@@ -566,6 +612,8 @@ impl Node {
         // The peer sends with the keys it holds: if it answered an earlier handshake try than
         // the one we installed last, send with those keys too (key confirmation).
         s.keys.confirm(receiver);
+        // It may no longer hold the keys we send with: send with the ones it uses.
+        s.keys.follow(receiver, now);
         s.last_rx = now;
         if reverse.is_valid() {
             s.rx_path = Some((reverse, now));

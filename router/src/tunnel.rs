@@ -12,6 +12,9 @@ use crypto::PublicKey;
 pub const REKEY_AFTER: Duration = Duration::from_secs(120);
 /// Never use keys older than this.
 pub const REJECT_AFTER: Duration = Duration::from_secs(180);
+/// Current keys the peer hasn't used for this long, while it uses the previous ones, are
+/// taken for keys it doesn't hold ([`KeyPair::follow`]).
+pub const FOLLOW_AFTER: Duration = Duration::from_secs(1);
 /// Two handshakes finishing within this window count as simultaneous.
 pub const SIMULTANEOUS: Duration = Duration::from_secs(3);
 
@@ -34,6 +37,8 @@ pub struct Keys {
     /// until then (as WireGuard's responder waits for the initiator's first data). Links
     /// work this way; sessions set it at once (their responder's answer goes with data).
     pub confirmed: bool,
+    /// When the peer last sent us data with these keys (kept by [`KeyPair::follow`]).
+    pub heard: Option<Instant>,
 }
 
 /// A peer's established transports.
@@ -72,10 +77,19 @@ impl KeyPair {
                 gone.push(p.local_idx);
             }
         } else {
-            if let Some(p) = self.previous.take() {
-                gone.push(p.local_idx);
+            // Of the two older sets the newer stays receivable. `confirm` may have put the
+            // peer's older keys back in front (it still sent on them while our answer to its
+            // new try was on the way): the peer may be about to use the newer set, and
+            // dropping it left the two ends on keys the other no longer held.
+            let (keep, drop) = match (self.current.replace(new), self.previous.take()) {
+                (Some(a), Some(b)) if a.since >= b.since => (Some(a), Some(b)),
+                (Some(a), Some(b)) => (Some(b), Some(a)),
+                (a, b) => (a.or(b), None),
+            };
+            if let Some(d) = drop {
+                gone.push(d.local_idx);
             }
-            self.previous = self.current.replace(new);
+            self.previous = keep;
         }
         gone
     }
@@ -108,6 +122,28 @@ impl KeyPair {
         let swap = matches!(
             (&self.previous, &self.current),
             (Some(p), Some(c)) if p.local_idx == idx && !p.we_initiated && !c.we_initiated
+        );
+        if swap {
+            std::mem::swap(&mut self.previous, &mut self.current);
+        }
+    }
+
+    /// The peer just sent with the keys at index `idx`. If those are our `previous` keys and
+    /// it hasn't sent with our current ones for [`FOLLOW_AFTER`], it may no longer hold them
+    /// (a later try it answered can push them out on its side, after it used them once), so
+    /// send with the keys it uses. For sessions, whose keys both ends use at once. (Within
+    /// `FOLLOW_AFTER` of new keys the old ones may just be in flight, as after every rekey.)
+    pub fn follow(&mut self, idx: u32, now: Instant) {
+        if let Some(k) = self.by_index(idx) {
+            k.heard = Some(now);
+        }
+        let quiet = |k: &Keys| {
+            now.saturating_duration_since(k.heard.unwrap_or(k.since)) >= FOLLOW_AFTER
+                && now.saturating_duration_since(k.since) >= FOLLOW_AFTER
+        };
+        let swap = matches!(
+            (&self.previous, &self.current),
+            (Some(p), Some(c)) if p.local_idx == idx && quiet(c)
         );
         if swap {
             std::mem::swap(&mut self.previous, &mut self.current);
@@ -315,7 +351,64 @@ mod tests {
             since: now,
             we_initiated,
             confirmed: we_initiated,
+            heard: None,
         }
+    }
+
+    /// The peer retries a handshake while its data on the old keys is still arriving: after
+    /// answering two tries we hold both tries' keys, whichever one the peer completes.
+    #[test]
+    fn a_retry_answered_keeps_the_earlier_tries_keys() {
+        let now = Instant::now();
+        let (me, peer) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let mut kp = KeyPair::default();
+        // The old session (the peer's), then its first try answered.
+        kp.install(keys(transports(1).1, 1, now, false), &me, &peer, now);
+        let t1 = now + Duration::from_secs(30);
+        kp.install(keys(transports(2).1, 2, t1, false), &me, &peer, t1);
+        // Data on the old keys, sent before our answer reached the peer.
+        kp.confirm(1);
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 1);
+        // Its second try answered: the first try's keys stay.
+        let t2 = t1 + Duration::from_millis(250);
+        let gone = kp.install(keys(transports(3).1, 3, t2, false), &me, &peer, t2);
+        assert_eq!(gone, vec![1]);
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 3);
+        assert!(
+            kp.by_index(2).is_some(),
+            "the first try's keys are still held"
+        );
+        // The peer completed the first try and sends with it: we follow.
+        kp.confirm(2);
+        assert_eq!(kp.sending(t2).unwrap().local_idx, 2);
+    }
+
+    /// Sessions: the peer goes on sending with our previous keys and never with the current
+    /// ones: after `FOLLOW_AFTER` we send with the ones it uses (before, they may just have
+    /// been in flight). Current keys it keeps using stay.
+    #[test]
+    fn sessions_follow_the_keys_the_peer_uses() {
+        let now = Instant::now();
+        let (me, peer) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let mut kp = KeyPair::default();
+        kp.install(keys(transports(1).0, 1, now, true), &me, &peer, now);
+        let t = now + Duration::from_secs(10);
+        kp.install(keys(transports(2).0, 2, t, true), &me, &peer, t);
+        kp.follow(1, t + Duration::from_millis(200));
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 2, "in flight: stay");
+        kp.follow(1, t + FOLLOW_AFTER);
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 1, "follow the peer");
+        // Current keys the peer keeps using stay; once it stops (and uses the previous
+        // ones) for FOLLOW_AFTER, we follow.
+        let mut kp = KeyPair::default();
+        kp.install(keys(transports(3).0, 3, now, true), &me, &peer, now);
+        kp.install(keys(transports(4).0, 4, t, true), &me, &peer, t);
+        let t2 = t + FOLLOW_AFTER * 2;
+        kp.follow(4, t2);
+        kp.follow(3, t2 + Duration::from_millis(500));
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 4);
+        kp.follow(3, t2 + FOLLOW_AFTER);
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 3);
     }
 
     /// The side that sent a handshake's last message (here the IK responder) goes on sending
