@@ -266,6 +266,8 @@ pub struct Node {
     pub(crate) next_expire: Instant,
     /// When a tree move last brought a self-lookup forward.
     pub(crate) last_tree_lookup: Option<Instant>,
+    /// When our place in the spanning tree last moved.
+    pub(crate) last_tree_move: Option<Instant>,
     /// Destinations whose lookup just failed: until when packets to them are answered with
     /// unreachable at once, and how many lookups in a row failed.
     pub(crate) unreachable_until: BTreeMap<Address, (Instant, u32)>,
@@ -332,6 +334,7 @@ impl Node {
             refresh_gap: Duration::from_secs(10),
             next_expire: now,
             last_tree_lookup: None,
+            last_tree_move: None,
             unreachable_until: BTreeMap::new(),
             link_offers: HashMap::new(),
             finals: BTreeMap::new(),

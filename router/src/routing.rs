@@ -856,6 +856,7 @@ impl Node {
     /// nodes closest to us (who hand out our coordinate) should hear the new one: look
     /// ourselves up soon (at most every 2 s for this reason).
     pub(crate) fn on_tree_moved(&mut self, now: Instant) {
+        self.last_tree_move = Some(now);
         // Routes that failed before may exist now (as after a new link).
         self.unreachable_until.clear();
         if self.next_self_lookup.is_some() {

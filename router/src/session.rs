@@ -27,6 +27,10 @@ fn handshake_retry(attempts: u32) -> Duration {
 }
 /// ...this many times (about 4.75 s) before the destination counts as unreachable.
 const HANDSHAKE_ATTEMPTS: u32 = 6;
+/// Packets queued for a destination whose lookup failed wait this long for a later one,
+/// while the mesh is forming: our place in the tree moved less than `MESH_FORMING` ago.
+const QUEUE_HOLD: Duration = Duration::from_millis(1000);
+const MESH_FORMING: Duration = Duration::from_secs(2);
 /// A reply path learned from incoming packets is preferred while this fresh.
 const RX_PATH_FRESH: Duration = Duration::from_millis(1500);
 /// Sessions idle this long are dropped.
@@ -74,6 +78,8 @@ pub struct Session {
     /// Reverse route of the last authenticated packet, and when it came.
     pub(crate) rx_path: Option<(Route, Instant)>,
     pub(crate) queue: VecDeque<Vec<u8>>,
+    /// When the oldest packet now queued was queued.
+    pub(crate) queued_since: Option<Instant>,
     pub(crate) hs_started: Option<Instant>,
     pub(crate) hs_attempts: u32,
     pub(crate) last_rx: Instant,
@@ -113,6 +119,7 @@ impl Session {
             keys: KeyPair::default(),
             rx_path: None,
             queue: VecDeque::new(),
+            queued_since: None,
             hs_started: None,
             hs_attempts: 0,
             last_rx: past,
@@ -205,6 +212,9 @@ impl Node {
         if s.queue.len() >= QUEUE_LIMIT {
             s.queue.pop_front();
             self.counters.drop_queue_full += 1;
+        }
+        if s.queue.is_empty() {
+            s.queued_since = Some(now);
         }
         s.queue.push_back(packet.to_vec());
         self.ensure_session_handshake(now, addr);
@@ -710,6 +720,22 @@ impl Node {
         }
         // No route is coming for a try held for it; the initiator's next try starts afresh.
         self.held_tries.remove(&addr);
+        // While the mesh around us is still forming (our place in the tree moved lately),
+        // packets queued a moment ago wait for the next lookup (the session tick starts it)
+        // instead of being refused: a lookup that fails then often succeeds a few hundred ms
+        // later. A settled node answers a missing destination at once.
+        let forming = self
+            .last_tree_move
+            .is_some_and(|t| now.saturating_duration_since(t) < MESH_FORMING);
+        let hold = forming
+            && self.sessions.get(&addr).is_some_and(|s| {
+                !s.queue.is_empty()
+                    && s.queued_since
+                        .is_some_and(|t| now.saturating_duration_since(t) < QUEUE_HOLD)
+            });
+        if hold {
+            return;
+        }
         // Back off: 50 ms doubling up to 4 s (short at first: at a cold start lookups fail
         // until the mesh has settled, and a node that comes back should be found soon).
         let strikes = match self.unreachable_until.get(&addr) {
