@@ -1096,3 +1096,38 @@ fn a_lookup_goes_past_dead_candidates() {
         "found in {took:?}: the dead candidates' timeouts were waited out"
     );
 }
+
+/// While the mesh forms (the node's place in the tree moved in the last 2 s), a packet whose
+/// lookup fails waits for the next lookups instead of being refused: here its destination
+/// joins 300 ms after the first lookup failed. A settled node refuses at once
+/// (`a_missing_destination_is_not_looked_up_for_every_packet`).
+#[test]
+fn while_the_mesh_forms_a_packet_waits_past_a_failed_lookup() {
+    let mut net = Net::new(3, 41, |_| NodeConfig::default());
+    // The sender is the one of the first two that ends up under the other in the tree (the
+    // root's own place never moves).
+    net.connect(0, 1, false);
+    net.run_for(Duration::from_millis(200));
+    let is_root =
+        |net: &Net, i: usize| net.nodes[i].tree().root() == net.nodes[i].identity().public_key();
+    let (a, b) = if is_root(&net, 0) { (1, 0) } else { (0, 1) };
+    assert!(!is_root(&net, a));
+    net.ping(a, 2, 7);
+    net.run_for(Duration::from_millis(300));
+    assert!(
+        net.nodes[a].counters().lookups_failed >= 1,
+        "node 2 isn't there yet: the lookup fails"
+    );
+    assert!(net.received(2, 7).is_none());
+    net.connect(b, 2, false);
+    net.run_for(Duration::from_secs(2));
+    let icmp_errors = net.delivered[a]
+        .iter()
+        .filter(|(_, p)| p.len() > 40 && p[6] == 58 && p[40] == 1)
+        .count();
+    assert_eq!(icmp_errors, 0, "not refused");
+    assert!(
+        net.received(2, 7).is_some(),
+        "the held packet arrives once node 2 is there"
+    );
+}
