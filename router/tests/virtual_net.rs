@@ -191,6 +191,14 @@ impl Net {
             .map(|(t, _)| *t)
     }
 
+    /// ICMPv6 Destination Unreachable messages node `i` wrote to its TUN.
+    fn unreachables(&self, i: usize) -> usize {
+        self.delivered[i]
+            .iter()
+            .filter(|(_, p)| p.len() > 40 && p[6] == 58 && p[40] == 1)
+            .count()
+    }
+
     /// When `a` got the echo reply for `seq`.
     fn replied(&self, a: usize, seq: u16) -> Option<Instant> {
         self.delivered[a]
@@ -440,10 +448,7 @@ fn first_packet_on_a_fresh_line_waits_for_the_lookup() {
         net.run_for(Duration::from_millis(300));
         net.ping(0, 5, 1);
         net.run_for(Duration::from_secs(3));
-        let icmp_errors = net.delivered[0]
-            .iter()
-            .filter(|(_, p)| p.len() > 40 && p[6] == 58 && p[40] == 1)
-            .count();
+        let icmp_errors = net.unreachables(0);
         assert!(
             net.received(5, 1).is_some() && icmp_errors == 0,
             "seed {seed}: delivered {:?}, {icmp_errors} ICMP errors; node 0: {:?}",
@@ -791,12 +796,7 @@ fn a_missing_destination_is_not_looked_up_for_every_packet() {
     let mut missing = net.nodes[2].address().ip().octets();
     missing[15] ^= 0x55;
     let missing = Ipv6Addr::from(missing);
-    let unreachables = |net: &Net| {
-        net.delivered[0]
-            .iter()
-            .filter(|(_, p)| p.len() > 40 && p[6] == 58 && p[40] == 1)
-            .count()
-    };
+    let unreachables = |net: &Net| net.unreachables(0);
     let send = |net: &mut Net, seq: u16| {
         let p = ipv6_packet(src, missing, seq);
         net.nodes[0].handle_tun_packet(net.now, &p);
@@ -1121,11 +1121,7 @@ fn while_the_mesh_forms_a_packet_waits_past_a_failed_lookup() {
     assert!(net.received(2, 7).is_none());
     net.connect(b, 2, false);
     net.run_for(Duration::from_secs(2));
-    let icmp_errors = net.delivered[a]
-        .iter()
-        .filter(|(_, p)| p.len() > 40 && p[6] == 58 && p[40] == 1)
-        .count();
-    assert_eq!(icmp_errors, 0, "not refused");
+    assert_eq!(net.unreachables(a), 0, "not refused");
     assert!(
         net.received(2, 7).is_some(),
         "the held packet arrives once node 2 is there"
