@@ -1180,7 +1180,7 @@ impl Node {
         };
         // The peer sends with the keys it holds: if it completed an earlier handshake try
         // than the one we answered last, send with those keys too (key confirmation).
-        l.keys.confirm(receiver);
+        l.keys.confirm(receiver, now);
         if !self.finals.is_empty() {
             self.finals.remove(&receiver);
         }

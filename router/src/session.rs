@@ -78,7 +78,7 @@ pub struct Session {
     /// Reverse route of the last authenticated packet, and when it came.
     pub(crate) rx_path: Option<(Route, Instant)>,
     pub(crate) queue: VecDeque<Vec<u8>>,
-    /// When the oldest packet now queued was queued.
+    /// When the queue last went from empty to holding a packet.
     pub(crate) queued_since: Option<Instant>,
     pub(crate) hs_started: Option<Instant>,
     pub(crate) hs_attempts: u32,
@@ -621,7 +621,7 @@ impl Node {
         };
         // The peer sends with the keys it holds: if it answered an earlier handshake try than
         // the one we installed last, send with those keys too (key confirmation).
-        s.keys.confirm(receiver);
+        s.keys.confirm(receiver, now);
         // It may no longer hold the keys we send with: send with the ones it uses.
         s.keys.follow(receiver, now);
         s.last_rx = now;

@@ -136,7 +136,6 @@ impl RoutingTable {
         let Some(b) = self.bucket(&addr) else {
             return false;
         };
-        let new_in_use = in_use(&addr);
         let max_paths = self.max_paths;
         let k = self.k;
         let bucket = &mut self.buckets[b];
@@ -166,7 +165,7 @@ impl RoutingTable {
                         Some(i) => {
                             bucket.swap_remove(i);
                         }
-                        None if pinned || new_in_use => {}
+                        None if pinned || in_use(&addr) => {}
                         None => return false,
                     }
                 }

@@ -37,7 +37,7 @@ pub struct Keys {
     /// until then (as WireGuard's responder waits for the initiator's first data). Links
     /// work this way; sessions set it at once (their responder's answer goes with data).
     pub confirmed: bool,
-    /// When the peer last sent us data with these keys (kept by [`KeyPair::follow`]).
+    /// When the peer last sent us data with these keys ([`KeyPair::confirm`]).
     pub heard: Option<Instant>,
 }
 
@@ -115,9 +115,10 @@ impl KeyPair {
     /// they are our `previous` keys and both our sets come from handshakes the peer started
     /// (it completed an earlier try than the one we answered last, or still sends on the old
     /// keys during its rekey), send with the keys it uses. Keys we initiated are left alone.
-    pub fn confirm(&mut self, idx: u32) {
+    pub fn confirm(&mut self, idx: u32, now: Instant) {
         if let Some(k) = self.by_index(idx) {
             k.confirmed = true;
+            k.heard = Some(now);
         }
         let swap = matches!(
             (&self.previous, &self.current),
@@ -128,15 +129,13 @@ impl KeyPair {
         }
     }
 
-    /// The peer just sent with the keys at index `idx`. If those are our `previous` keys and
-    /// it hasn't sent with our current ones for [`FOLLOW_AFTER`], it may no longer hold them
-    /// (a later try it answered can push them out on its side, after it used them once), so
-    /// send with the keys it uses. For sessions, whose keys both ends use at once. (Within
-    /// `FOLLOW_AFTER` of new keys the old ones may just be in flight, as after every rekey.)
+    /// The peer just sent with the keys at index `idx` (after [`KeyPair::confirm`]). If those
+    /// are our `previous` keys and it hasn't sent with our current ones for [`FOLLOW_AFTER`],
+    /// it may no longer hold them (a later try it answered can push them out on its side,
+    /// after it used them once), so send with the keys it uses. For sessions, whose keys both
+    /// ends use at once. (Within `FOLLOW_AFTER` of new keys the old ones may just be in
+    /// flight, as after every rekey.)
     pub fn follow(&mut self, idx: u32, now: Instant) {
-        if let Some(k) = self.by_index(idx) {
-            k.heard = Some(now);
-        }
         let quiet = |k: &Keys| {
             now.saturating_duration_since(k.heard.unwrap_or(k.since)) >= FOLLOW_AFTER
                 && now.saturating_duration_since(k.since) >= FOLLOW_AFTER
@@ -367,7 +366,7 @@ mod tests {
         let t1 = now + Duration::from_secs(30);
         kp.install(keys(transports(2).1, 2, t1, false), &me, &peer, t1);
         // Data on the old keys, sent before our answer reached the peer.
-        kp.confirm(1);
+        kp.confirm(1, t1);
         assert_eq!(kp.current.as_ref().unwrap().local_idx, 1);
         // Its second try answered: the first try's keys stay.
         let t2 = t1 + Duration::from_millis(250);
@@ -379,7 +378,7 @@ mod tests {
             "the first try's keys are still held"
         );
         // The peer completed the first try and sends with it: we follow.
-        kp.confirm(2);
+        kp.confirm(2, t2);
         assert_eq!(kp.sending(t2).unwrap().local_idx, 2);
     }
 
@@ -394,9 +393,13 @@ mod tests {
         kp.install(keys(transports(1).0, 1, now, true), &me, &peer, now);
         let t = now + Duration::from_secs(10);
         kp.install(keys(transports(2).0, 2, t, true), &me, &peer, t);
-        kp.follow(1, t + Duration::from_millis(200));
+        let heard = |kp: &mut KeyPair, idx, at| {
+            kp.confirm(idx, at);
+            kp.follow(idx, at);
+        };
+        heard(&mut kp, 1, t + Duration::from_millis(200));
         assert_eq!(kp.current.as_ref().unwrap().local_idx, 2, "in flight: stay");
-        kp.follow(1, t + FOLLOW_AFTER);
+        heard(&mut kp, 1, t + FOLLOW_AFTER);
         assert_eq!(kp.current.as_ref().unwrap().local_idx, 1, "follow the peer");
         // Current keys the peer keeps using stay; once it stops (and uses the previous
         // ones) for FOLLOW_AFTER, we follow.
@@ -404,10 +407,10 @@ mod tests {
         kp.install(keys(transports(3).0, 3, now, true), &me, &peer, now);
         kp.install(keys(transports(4).0, 4, t, true), &me, &peer, t);
         let t2 = t + FOLLOW_AFTER * 2;
-        kp.follow(4, t2);
-        kp.follow(3, t2 + Duration::from_millis(500));
+        heard(&mut kp, 4, t2);
+        heard(&mut kp, 3, t2 + Duration::from_millis(500));
         assert_eq!(kp.current.as_ref().unwrap().local_idx, 4);
-        kp.follow(3, t2 + FOLLOW_AFTER);
+        heard(&mut kp, 3, t2 + FOLLOW_AFTER);
         assert_eq!(kp.current.as_ref().unwrap().local_idx, 3);
     }
 
@@ -431,10 +434,10 @@ mod tests {
             "old keys until confirmed"
         );
         // The old keys still arriving confirm nothing new.
-        kp.confirm(1);
+        kp.confirm(1, later);
         assert_eq!(kp.sending(later).unwrap().local_idx, 1);
         // The peer sends with the new keys: it holds them.
-        kp.confirm(2);
+        kp.confirm(2, later);
         assert_eq!(kp.sending(later).unwrap().local_idx, 2);
         // Without confirmed keys to fall back on, the new ones go at once.
         let mut fresh = KeyPair::default();
