@@ -102,6 +102,7 @@ fn main() {
         Control::pong(&ids[2], 2, None),
         Control::Tree {
             root: ids[2].public_key(),
+            rank: 1,
             seq: 9,
             depth: 1,
             up: Label::from_directors(&[0]).unwrap().0,

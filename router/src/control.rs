@@ -96,8 +96,11 @@ pub enum Control {
     /// Spanning-tree announcement to a direct peer (sent on link-up, when it changes, and
     /// when the root's sequence number moves on): the sender's root and place in the tree.
     Tree {
-        /// The root: the largest key the sender knows alive.
+        /// The root: of the roots the sender knows alive, the one with the highest rank,
+        /// the largest key among equal ranks.
         root: PublicKey,
+        /// The root's rank (how many links it has, in powers of two; see tree.rs).
+        rank: u8,
         /// The root's sequence number (it counts up every 2 s while the root lives).
         seq: u64,
         /// Hops from the sender to the root.

@@ -1,13 +1,22 @@
 //! A spanning tree over the links, so any two nodes have a short route without searching for
 //! one (the idea of Yggdrasil's tree, on meshd's labels).
 //!
-//! The root is the largest key alive; it counts a sequence number up every
-//! [`ANNOUNCE_EVERY`], and every node passes the newest number on to its peers as soon as it
-//! hears it from its parent. A root whose number stops moving for [`ROOT_TIMEOUT`] is dead,
-//! and the next largest key takes over. Each node's parent is the peer nearest the root
-//! (fewest hops; the current parent keeps its place on a tie). A node's place in the tree is
-//! two labels: `down`, the route from the root to it (its parent's `down` plus the parent's
-//! director for the link), and `up`, the route from it to the root.
+//! The root is the node of highest *rank* alive, the largest key among equal ranks. A node's
+//! rank is 0 below [`RANKED_FROM`] (32) links, and from there how many links it has on a log
+//! scale, four steps per doubling (32, 40, 100, 242 links: ranks 20, 21, 26, 31; see
+//! [`rank_for`]). A tree rooted at the best-linked node of an overlay is shallower and its
+//! routes shorter (docs/sims.md, "ninth session": mean stretch on Barabási-Albert graphs of
+//! 10,000 nodes 1.18–1.23 against 1.25–1.48 with the largest key as root; with whole powers
+//! of two as ranks a 195-link hub beat the 242-link one on its key and gave 1.32). A rank
+//! falls only when the links drop below three quarters of its lower bound, so a flapping
+//! link doesn't move the root. The root counts a sequence number up every
+//! [`ANNOUNCE_EVERY`] (and at once when its rank changes), and every node passes the newest
+//! number and rank on to its peers as soon as it hears them from its parent. A root whose
+//! number stops moving for [`ROOT_TIMEOUT`] is dead, and the next in order takes over. Each
+//! node's parent is the peer nearest the root (fewest hops; the current parent keeps its
+//! place on a tie). A node's place in the tree is two labels: `down`, the route from the
+//! root to it (its parent's `down` plus the parent's director for the link), and `up`, the
+//! route from it to the root.
 //!
 //! Between two nodes A and B under the same root, the tree route climbs from A to the last
 //! node their `down` routes share and descends from there to B ([`Tree::route_to`]). The DHT
@@ -39,6 +48,8 @@ const MAX_DEPTH: u8 = 31;
 pub struct Announcement {
     /// Its root.
     pub root: PublicKey,
+    /// Its root's rank.
+    pub rank: u8,
     /// The root's sequence number it last heard.
     pub seq: u64,
     /// Its hops to the root.
@@ -57,6 +68,7 @@ impl Announcement {
         match *msg {
             Control::Tree {
                 root,
+                rank,
                 seq,
                 depth,
                 up,
@@ -64,6 +76,7 @@ impl Announcement {
                 director,
             } => Some(Announcement {
                 root,
+                rank,
                 seq,
                 depth,
                 up: Label(up),
@@ -86,6 +99,8 @@ struct PeerPlace {
 #[derive(Clone, Copy, Debug)]
 struct RootSeen {
     seq: u64,
+    /// Its rank, as of `seq`.
+    rank: u8,
     /// When `seq` last moved on.
     moved: Instant,
 }
@@ -100,10 +115,14 @@ pub struct Tree {
     dead: BTreeMap<PublicKey, u64>,
     parent: Option<Director>,
     root: PublicKey,
+    /// The root's rank.
+    root_rank: u8,
     seq: u64,
     depth: u8,
     up: Label,
     down: Label,
+    /// Our own rank (from how many peers we hear).
+    rank: u8,
     /// Our own count, used while we are the root.
     own_seq: u64,
     next_announce: Instant,
@@ -121,10 +140,12 @@ impl Tree {
             dead: BTreeMap::new(),
             parent: None,
             root: me,
+            root_rank: 0,
             seq: 0,
             depth: 0,
             up: Label::SELF,
             down: Label::SELF,
+            rank: 0,
             own_seq: 0,
             next_announce: now,
             dirty: true,
@@ -142,6 +163,11 @@ impl Tree {
     /// The root we follow.
     pub fn root(&self) -> PublicKey {
         self.root
+    }
+
+    /// Our own rank (see the module's documentation).
+    pub fn rank(&self) -> u8 {
+        self.rank
     }
 
     /// Hops to the root.
@@ -194,29 +220,42 @@ impl Tree {
             return;
         }
         if !self.roots.contains_key(&root) && self.roots.len() >= MAX_ROOTS {
-            let Some(smallest) = self.roots.keys().next().copied() else {
+            let Some((smallest, order)) = self
+                .roots
+                .iter()
+                .map(|(k, r)| (*k, (r.rank, *k)))
+                .min_by_key(|&(_, o)| o)
+            else {
                 return;
             };
-            if smallest > root || smallest == self.root {
+            if order > (said.rank, root) || smallest == self.root {
                 return;
             }
             self.roots.remove(&smallest);
         }
         self.dead.remove(&root);
-        let r = self
-            .roots
-            .entry(root)
-            .or_insert(RootSeen { seq, moved: now });
+        let rank = said.rank;
+        let r = self.roots.entry(root).or_insert(RootSeen {
+            seq,
+            rank,
+            moved: now,
+        });
         if seq > r.seq {
-            *r = RootSeen { seq, moved: now };
+            *r = RootSeen {
+                seq,
+                rank,
+                moved: now,
+            };
         }
         self.peers.insert(d, PeerPlace { said, heard: now });
+        self.rerank();
         self.reselect(now);
     }
 
     /// Link `d` went down.
     pub fn link_down(&mut self, now: Instant, d: Director) {
         if self.peers.remove(&d).is_some() {
+            self.rerank();
             self.reselect(now);
         }
     }
@@ -248,6 +287,7 @@ impl Tree {
         }
         self.peers
             .retain(|_, p| now.saturating_duration_since(p.heard) < PEER_STALE);
+        self.rerank();
         self.reselect(now);
         if now >= self.next_announce {
             if self.root == self.me {
@@ -278,6 +318,7 @@ impl Tree {
     pub fn announcement(&self, d: Director) -> Control {
         Control::Tree {
             root: self.root,
+            rank: self.root_rank,
             seq: self.seq,
             depth: self.depth,
             up: self.up.0,
@@ -286,21 +327,44 @@ impl Tree {
         }
     }
 
-    fn alive(&self, root: &PublicKey) -> bool {
-        self.roots.contains_key(root)
+    /// A live root's place in the order roots are chosen by: rank, then key.
+    fn order(&self, root: &PublicKey) -> Option<(u8, PublicKey)> {
+        self.roots.get(root).map(|r| (r.rank, *root))
+    }
+
+    /// Sets our rank from the peers we hear; as root, a new rank goes out at once with a new
+    /// sequence number (receivers take a root's rank only with a newer number).
+    fn rerank(&mut self) {
+        let links = self.peers.len();
+        let rank = if rank_for(links) > self.rank || (links as f64) < 0.75 * rank_floor(self.rank) {
+            rank_for(links)
+        } else {
+            self.rank
+        };
+        if rank != self.rank {
+            self.rank = rank;
+            if self.root == self.me {
+                self.own_seq += 1;
+                self.seq = self.own_seq;
+                self.root_rank = rank;
+                self.dirty = true;
+            }
+        }
     }
 
     /// Picks root and parent from what the peers said.
     fn reselect(&mut self, _now: Instant) {
-        // The largest live root anyone offers (ourselves if larger).
+        // The first live root in order anyone offers (ourselves if we come before it).
+        let me = (self.rank, self.me);
         let best_root = self
             .peers
             .values()
             .map(|p| &p.said)
-            .filter(|p| self.alive(&p.root) && p.root > self.me && p.depth < MAX_DEPTH)
-            .map(|p| p.root)
+            .filter(|p| p.depth < MAX_DEPTH)
+            .filter_map(|p| self.order(&p.root))
+            .filter(|o| *o > me)
             .max();
-        let Some(root) = best_root else {
+        let Some((root_rank, root)) = best_root else {
             self.become_root();
             return;
         };
@@ -330,12 +394,14 @@ impl Tree {
             .unwrap_or(Label::INVALID);
         let root_changed = self.root != root;
         let changed = root_changed
+            || self.root_rank != root_rank
             || self.parent != Some(d)
             || self.down != down
             || self.up != up
             || self.depth != p.depth + 1;
         let newer = p.seq > self.seq;
         self.root = root;
+        self.root_rank = root_rank;
         self.parent = Some(d);
         self.depth = p.depth + 1;
         self.down = down;
@@ -352,16 +418,40 @@ impl Tree {
     }
 
     fn become_root(&mut self) {
-        if self.root != self.me {
+        if self.root != self.me || self.root_rank != self.rank {
+            // A new number: peers take a root's rank only with one (they may have heard us
+            // as a root of another rank under the number we had).
+            self.own_seq += 1;
             self.dirty = true;
         }
         self.root = self.me;
+        self.root_rank = self.rank;
         self.parent = None;
         self.depth = 0;
         self.up = Label::SELF;
         self.down = Label::SELF;
         self.seq = self.own_seq;
     }
+}
+
+/// Fewer links than this give rank 0: below it, how many links a node has says little about
+/// its place (in a physical mesh every node has a handful, changing as radios move; a
+/// random geometric graph of 1,000 nodes has nodes of 16–18 links at random spots), and the
+/// key decides as it always did.
+pub const RANKED_FROM: usize = 32;
+
+/// The rank of a node with `links` links: 0 below [`RANKED_FROM`], else four steps per
+/// doubling (the largest `r` with 2^(r/4) <= links; 32 links: 20, 40: 21, 100: 26, 242: 31).
+pub fn rank_for(links: usize) -> u8 {
+    if links < RANKED_FROM {
+        return 0;
+    }
+    ((links as f64).log2() * 4.0 + 1e-9).floor().min(255.0) as u8
+}
+
+/// The fewest links of rank `rank`: 2^(rank/4).
+fn rank_floor(rank: u8) -> f64 {
+    (f64::from(rank) / 4.0).exp2()
 }
 
 /// The route through the tree from the node at (`up`, `down`, `depth`) to the node at
@@ -386,13 +476,13 @@ fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Route>
 mod tests {
     use super::*;
 
-    /// The `b`-th smallest of 16 mesh keys (roots must be mesh keys): larger `b`, larger key.
+    /// The `b`-th smallest of 48 mesh keys (roots must be mesh keys): larger `b`, larger key.
     fn key(b: u8) -> PublicKey {
         use rand::SeedableRng;
         static KEYS: std::sync::OnceLock<Vec<PublicKey>> = std::sync::OnceLock::new();
         KEYS.get_or_init(|| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(77);
-            let mut keys: Vec<PublicKey> = (0..16)
+            let mut keys: Vec<PublicKey> = (0..48)
                 .map(|_| crypto::Identity::generate(&mut rng).public_key())
                 .collect();
             keys.sort();
@@ -421,10 +511,17 @@ mod tests {
         assert!(t.roots.len() <= MAX_ROOTS);
     }
 
-    /// What a root says to a peer on its director `director`.
+    /// What a root of rank 24 (64 links, more than the trees under test have) says to a
+    /// peer on its director `director`.
     fn at_root(root: PublicKey, seq: u64, director: Director) -> Announcement {
+        ranked(root, 24, seq, director)
+    }
+
+    /// What a root of rank `rank` says to a peer on its director `director`.
+    fn ranked(root: PublicKey, rank: u8, seq: u64, director: Director) -> Announcement {
         Announcement {
             root,
+            rank,
             seq,
             depth: 0,
             up: Label::SELF,
@@ -433,26 +530,57 @@ mod tests {
         }
     }
 
-    /// A line of nodes with keys 1..=n (the last is the root), each knowing its two
-    /// neighbours on directors 0 (left) and 1 (right), announcing until nothing changes.
-    fn line(n: usize) -> Vec<Tree> {
+    /// Nodes with keys `keys[i]`, linked by `edges` (node `i`'s director for a link is the
+    /// link's place among node `i`'s links), announcing until nothing changes.
+    fn mesh(keys: &[u8], edges: &[(usize, usize)]) -> Vec<Tree> {
         let now = Instant::now();
-        let mut trees: Vec<Tree> = (0..n).map(|i| Tree::new(key(i as u8 + 1), now)).collect();
+        let n = keys.len();
+        let mut trees: Vec<Tree> = keys.iter().map(|&k| Tree::new(key(k), now)).collect();
+        // links[i]: (neighbour, our director to it, its director to us).
+        let mut links: Vec<Vec<(usize, Director)>> = vec![Vec::new(); n];
+        for &(a, b) in edges {
+            links[a].push((b, 0));
+            links[b].push((a, 0));
+        }
+        let dir = |links: &Vec<Vec<(usize, Director)>>, from: usize, to: usize| {
+            links[from].iter().position(|&(x, _)| x == to).unwrap() as Director
+        };
+        for i in 0..n {
+            for k in 0..links[i].len() {
+                let j = links[i][k].0;
+                links[i][k].1 = dir(&links, j, i);
+            }
+        }
         for t in &mut trees {
             t.tick(now);
         }
         for _ in 0..2 * n {
             for i in 0..n {
-                let right = (i + 1 < n).then(|| trees[i].announcement(1));
-                let left = (i > 0).then(|| trees[i].announcement(0));
-                for (msg, to, via) in [(right, i + 1, 0), (left, i.wrapping_sub(1), 1)] {
-                    if let Some(said) = msg.as_ref().and_then(Announcement::from_control) {
-                        trees[to].heard(now, via, said);
-                    }
+                for (d, &(j, back)) in links[i].iter().enumerate() {
+                    let said = Announcement::from_control(&trees[i].announcement(d as Director));
+                    trees[j].heard(now, back, said.unwrap());
                 }
             }
         }
         trees
+    }
+
+    /// A line of nodes with keys 1..=n, each knowing its two neighbours on directors 0
+    /// (left) and 1 (right; the first node's only link is its director 0).
+    fn line(n: usize) -> Vec<Tree> {
+        let keys: Vec<u8> = (1..=n as u8).collect();
+        let edges: Vec<(usize, usize)> = (1..n).map(|i| (i - 1, i)).collect();
+        mesh(&keys, &edges)
+    }
+
+    /// Where `route` from node `a` of [`line`] ends.
+    fn walk_line(a: usize, route: &Route) -> usize {
+        let mut at = a as isize;
+        for d in route.segments().iter().flat_map(|s| s.directors()) {
+            // Node 0's director 0 goes right; everyone else's 0 goes left.
+            at += if d == 1 || at == 0 { 1 } else { -1 };
+        }
+        at as usize
     }
 
     #[test]
@@ -473,12 +601,7 @@ mod tests {
                     continue;
                 }
                 let route = route.unwrap();
-                let end = route
-                    .segments()
-                    .iter()
-                    .flat_map(|s| s.directors())
-                    .fold(a as isize, |at, d| at + if d == 1 { 1 } else { -1 });
-                assert_eq!(end as usize, b, "{a} -> {b} via {route}");
+                assert_eq!(walk_line(a, &route), b, "{a} -> {b} via {route}");
                 assert_eq!(route.hops(), a.abs_diff(b), "shortest on a line");
             }
         }
@@ -508,5 +631,89 @@ mod tests {
         t.link_down(when, 0);
         t.link_down(when, 1);
         assert_eq!(t.root(), key(1), "alone: our own root");
+    }
+
+    #[test]
+    fn the_best_linked_node_is_root_whatever_its_key() {
+        // A star: the hub (the smallest key) has 33 links, rank 20; the leaves one each.
+        let keys: Vec<u8> = std::iter::once(1).chain(14..47).collect();
+        let edges: Vec<(usize, usize)> = (1..keys.len()).map(|i| (0, i)).collect();
+        let trees = mesh(&keys, &edges);
+        assert_eq!(trees[0].rank(), 20);
+        for (i, t) in trees.iter().enumerate() {
+            assert_eq!(t.root(), key(1), "node {i}: {t:?}");
+            assert_eq!(t.depth(), u8::from(i > 0));
+        }
+        assert_eq!(trees[1].rank(), 0);
+        let c = trees[4].coord().unwrap();
+        assert_eq!(trees[1].route_to(&c.root, Label(c.down)).unwrap().hops(), 2);
+        // Below 32 links the key decides: the same star with 31 leaves roots at a leaf.
+        let trees = mesh(&keys[..32], &edges[..31]);
+        assert_eq!(trees[0].root(), key(44));
+    }
+
+    #[test]
+    fn a_rank_falls_only_well_below_its_bound() {
+        let now = Instant::now();
+        let mut t = Tree::new(key(1), now);
+        for d in 0..32 {
+            t.heard(now, d, at_root(key(9), 1, 3));
+        }
+        assert_eq!(t.rank(), 20, "32 links");
+        for d in 24..32 {
+            t.link_down(now, d);
+        }
+        assert_eq!(t.rank(), 20, "24 links: still 3/4 of 32");
+        t.link_down(now, 23);
+        assert_eq!(t.rank(), 0, "23");
+        for d in 23..40 {
+            t.heard(now, d, at_root(key(9), 1, 3));
+        }
+        assert_eq!(
+            t.rank(),
+            21,
+            "a rank rises as soon as the links are there (40)"
+        );
+    }
+
+    #[test]
+    fn roots_are_ordered_by_rank_and_a_new_rank_needs_a_newer_number() {
+        let now = Instant::now();
+        let mut t = Tree::new(key(1), now);
+        t.heard(now, 0, ranked(key(9), 24, 1, 3));
+        t.heard(now, 1, ranked(key(5), 30, 1, 3));
+        assert_eq!(
+            t.root(),
+            key(5),
+            "rank 30 before rank 24, whatever the keys"
+        );
+        // The same number with another rank (a stale or made-up echo) changes nothing.
+        t.heard(now, 1, ranked(key(5), 20, 1, 3));
+        assert_eq!(t.root(), key(5));
+        // A newer number with the lower rank: key 9 comes first now.
+        t.heard(now, 1, ranked(key(5), 20, 2, 3));
+        assert_eq!(t.root(), key(9));
+        assert_eq!(
+            Announcement::from_control(&t.announcement(0)).unwrap().rank,
+            24,
+            "the root's rank is passed on"
+        );
+    }
+
+    #[test]
+    fn a_root_announces_a_new_rank_with_a_new_number() {
+        let now = Instant::now();
+        let mut t = Tree::new(key(47), now);
+        for d in 0..31 {
+            t.heard(now, d, ranked(key(1), 0, 1, 3));
+        }
+        assert_eq!(t.root(), key(47), "rank 0 each; the larger key");
+        t.take_dirty(now);
+        let before = Announcement::from_control(&t.announcement(0)).unwrap();
+        t.heard(now, 31, ranked(key(1), 0, 1, 3));
+        let after = Announcement::from_control(&t.announcement(0)).unwrap();
+        assert_eq!((before.rank, after.rank), (0, 20));
+        assert!(after.seq > before.seq);
+        assert!(t.take_dirty(now), "announced at once");
     }
 }

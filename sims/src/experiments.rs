@@ -788,6 +788,119 @@ fn converge(p: &Params) -> anyhow::Result<Report> {
 }
 
 /// reach (and cost, which adds memory and table-growth series).
+/// `SIM_DEBUG`: the tree's root (which node, how many links) against the graph's best
+/// connected node, and how deep the tree is.
+fn debug_tree(r: &Run) {
+    let mut degree = vec![0usize; r.graph.n];
+    for e in &r.graph.edges {
+        degree[e.a as usize] += 1;
+        degree[e.b as usize] += 1;
+    }
+    let live: Vec<(usize, &router::Node)> = r
+        .sim
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+        .collect();
+    let Some(root) = live.first().map(|(_, n)| n.tree().root()) else {
+        return;
+    };
+    let root_at = live
+        .iter()
+        .find(|(_, n)| n.identity().public_key() == root)
+        .map(|&(i, _)| i);
+    let depths: Vec<f64> = live.iter().map(|(_, n)| n.tree().depth() as f64).collect();
+    let max_degree = degree.iter().max().copied().unwrap_or(0);
+    eprintln!(
+        "SIM_DEBUG tree: root node {root_at:?} with {} links (most linked node: {max_degree}); \
+         depth mean {:.2} max {}",
+        root_at.map_or(0, |i| degree[i]),
+        mean(&depths).unwrap_or(0.0),
+        depths.iter().cloned().fold(0.0, f64::max)
+    );
+}
+
+/// `SIM_DEBUG`: for the answered probes, the hops used against what each kind of route
+/// would give: the tree route alone, the source's look-ahead through its peers (what
+/// `Tree::route_to` gives), the destination's (what its reply path gives), and a look-ahead
+/// from both ends (a peer of the source to a peer of the destination).
+fn debug_routes(r: &Run, first_probe: usize, sp: &mut Shortest) {
+    let tree_hops = |from: u32, to: u32| -> Option<u32> {
+        let a = r.sim.nodes[from as usize].as_ref()?;
+        let b = r.sim.nodes[to as usize].as_ref()?;
+        if from == to {
+            return Some(0);
+        }
+        let c = b.tree().coord()?;
+        a.tree()
+            .route_to(&c.root, switch::Label(c.down))
+            .map(|x| x.hops() as u32)
+    };
+    let (mut n, mut used, mut short, mut src, mut dst, mut both) =
+        (0, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut some_k = 0u64;
+    for pr in &r.sim.probes[first_probe..] {
+        let (Some(h), Some(_)) = (pr.hops, pr.replied) else {
+            continue;
+        };
+        let Some(s) = sp.hops(pr.src, pr.dst) else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (tree_hops(pr.src, pr.dst), tree_hops(pr.dst, pr.src)) else {
+            continue;
+        };
+        let near = |x: u32| -> Vec<u32> {
+            std::iter::once(x)
+                .chain(sp.adj[x as usize].iter().copied())
+                .collect()
+        };
+        let mut best = a.min(b);
+        for &p in &near(pr.src) {
+            for &q in &near(pr.dst) {
+                if let Some(t) = tree_hops(p, q) {
+                    best = best.min(t + u32::from(p != pr.src) + u32::from(q != pr.dst));
+                }
+            }
+        }
+        // The source to up to 8 of the destination's peers, shallowest first.
+        let mut qs: Vec<(u8, u16, u32)> = sp.adj[pr.dst as usize]
+            .iter()
+            .filter_map(|&q| {
+                let t = r.sim.nodes[q as usize].as_ref()?.tree();
+                let c = t.coord()?;
+                let branch = switch::Label(c.down).directors().next().unwrap_or(0);
+                Some((t.depth(), branch, q))
+            })
+            .collect();
+        qs.sort();
+        let mut best_k = a;
+        for &(_, _, q) in qs.iter().take(8) {
+            if let Some(t) = tree_hops(pr.src, q) {
+                best_k = best_k.min(t + 1);
+            }
+        }
+        some_k += best_k as u64;
+        n += 1;
+        used += h as u64;
+        short += s as u64;
+        src += a as u64;
+        dst += b as u64;
+        both += best as u64;
+    }
+    let f = |x: u64| x as f64 / short.max(1) as f64;
+    eprintln!(
+        "SIM_DEBUG routes over {n} answered probes, hops / shortest: used {:.3}, source's \
+         look-ahead {:.3}, destination's {:.3}, both ends' {:.3}, source's to 8 of the \
+         destination's peers {:.3}",
+        f(used),
+        f(src),
+        f(dst),
+        f(both),
+        f(some_k)
+    );
+}
+
 fn reach(p: &Params, cost_run: bool) -> anyhow::Result<Report> {
     let rss0 = rss_bytes();
     let mut r = Run::new(p)?;
@@ -837,6 +950,10 @@ fn reach(p: &Params, cost_run: bool) -> anyhow::Result<Report> {
     }
     r.pb.finish_and_clear();
     let mut sp = Shortest::of(&r.sim);
+    if std::env::var_os("SIM_DEBUG").is_some() {
+        debug_tree(&r);
+        debug_routes(&r, first_probe, &mut sp);
+    }
     let scored = score(
         &r.sim,
         first_probe..r.sim.probes.len(),
