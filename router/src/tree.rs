@@ -268,6 +268,7 @@ impl Tree {
             .filter(|(_, r)| now.saturating_duration_since(r.moved) >= ROOT_TIMEOUT)
             .map(|(k, _)| *k)
             .collect();
+        let mut changed = !dead.is_empty();
         for k in dead {
             if let Some(r) = self.roots.remove(&k) {
                 self.dead.insert(k, r.seq);
@@ -285,10 +286,16 @@ impl Tree {
                 self.dead.remove(&k);
             }
         }
+        let peers = self.peers.len();
         self.peers
             .retain(|_, p| now.saturating_duration_since(p.heard) < PEER_STALE);
-        self.rerank();
-        self.reselect(now);
+        changed |= self.peers.len() != peers;
+        // Root and parent follow from the peers and live roots alone, and every other change
+        // to those (`heard`, `link_down`) picks again at once: nothing to pick otherwise.
+        if changed {
+            self.rerank();
+            self.reselect(now);
+        }
         if now >= self.next_announce {
             if self.root == self.me {
                 self.own_seq += 1;
