@@ -1063,9 +1063,13 @@ impl Node {
         }
     }
 
-    /// The best known path to `addr`, if any.
+    /// The best known path to `addr`, if any: the table's, else the link to it.
     pub fn path_to(&self, addr: &Address) -> Option<Route> {
-        self.table.get(addr).and_then(|e| e.best()).map(|p| p.route)
+        self.table
+            .get(addr)
+            .and_then(|e| e.best())
+            .map(|p| p.route)
+            .or_else(|| self.link_route(addr))
     }
 
     /// Looks `addr` up; the answer comes as [`Event::Lookup`] with `id`.

@@ -1,6 +1,9 @@
 //! The Kademlia routing table: nodes in buckets by how many leading address bits they share
 //! with us, at most `k` per bucket, so the table grows like O(k log n). Each entry keeps a few
-//! verified paths (labels) with measured RTT; direct peers are pinned.
+//! verified paths (labels) with measured RTT. Direct peers go in under the same `k` rule
+//! (their one-hop path puts them ahead of entries with longer ones) and, once in, are pinned;
+//! a hub's further peers live in its link table only (the node reaches them over their link,
+//! `Node::link_route`).
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +46,7 @@ pub struct Entry {
     pub paths: Vec<Path>,
     /// Last time we heard from it.
     pub last_seen: Instant,
-    /// Direct peers are never evicted.
+    /// Direct peers in the table are never evicted.
     pub pinned: bool,
     /// Its place in the spanning tree, as it (or someone who knew it) told us.
     pub coord: Option<crate::control::Coord>,
@@ -116,12 +119,15 @@ impl RoutingTable {
     }
 
     /// Records a verified path to `key`. Returns false if the bucket is full of live nodes
-    /// (Kademlia keeps the old ones: they are likelier to stay), unless the entry is
-    /// `pinned` (a direct peer) or `in_use` (a destination we talk to or look up): those go
-    /// in beyond `k`, and [`RoutingTable::expire`] trims them once no longer in use. So the
-    /// table is O(k log n) plus the destinations in use. A newcomer never evicts an entry
-    /// that is pinned or in use: a session must not lose its paths because a lookup heard
-    /// of a closer node in the same bucket.
+    /// (Kademlia keeps the old ones: they are likelier to stay) none of which has a longer
+    /// path than the newcomer, unless the newcomer is `in_use` (a destination we talk to or
+    /// look up): those go in beyond `k`, and [`RoutingTable::expire`] trims them once no
+    /// longer in use. So the table is O(k log n) plus the destinations in use. A `pinned`
+    /// newcomer (a direct peer) follows the same rule, and its one-hop path replaces the
+    /// entry with the longest; a hub with more peers than fit keeps the rest in its link
+    /// table only (before, they all went in, and a hub of 336 links held 419 entries). A
+    /// newcomer never evicts an entry that is pinned or in use: a session must not lose its
+    /// paths because a lookup heard of a closer node in the same bucket.
     pub fn upsert(
         &mut self,
         key: PublicKey,
@@ -165,7 +171,7 @@ impl RoutingTable {
                         Some(i) => {
                             bucket.swap_remove(i);
                         }
-                        None if pinned || in_use(&addr) => {}
+                        None if in_use(&addr) => {}
                         None => return false,
                     }
                 }
@@ -442,5 +448,45 @@ mod tests {
         assert!(t.get(&extra.address()).is_some());
         t.expire(now, |_| false);
         assert_eq!(t.bucket_len(8), 2, "never below k");
+    }
+
+    #[test]
+    fn direct_peers_go_in_under_k_and_displace_the_longest_paths() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let me = Identity::generate(&mut rng);
+        let now = Instant::now();
+        let mut t = RoutingTable::new(me.address(), 2);
+        let ids: Vec<_> = (0..64).map(|_| Identity::generate(&mut rng)).collect();
+        let in_bucket: Vec<_> = ids
+            .iter()
+            .filter(|i| me.address().common_prefix_len(&i.address()) == 8)
+            .collect();
+        assert!(in_bucket.len() >= 5);
+        let far = Label::from_directors(&[1, 2, 3]).unwrap();
+        let direct = Label::single(4).unwrap();
+        for i in &in_bucket[..2] {
+            assert!(t.upsert(i.public_key(), far, None, now, false, |_| false));
+        }
+        // Two direct peers take the places of the two 3-hop entries, and stay (pinned).
+        for i in &in_bucket[2..4] {
+            assert!(t.upsert(i.public_key(), direct, None, now, true, |_| false));
+        }
+        assert!(in_bucket[2..4]
+            .iter()
+            .all(|i| t.get(&i.address()).is_some_and(|e| e.pinned)));
+        // A third one finds the bucket full of direct peers: it stays out (its link is
+        // enough to reach it), and the bucket stays at k.
+        assert!(
+            !t.upsert(in_bucket[4].public_key(), direct, None, now, true, |_| {
+                false
+            })
+        );
+        assert!(t.get(&in_bucket[4].address()).is_none());
+        assert_eq!(t.bucket_len(8), 2);
+        let newcomer = in_bucket[0].public_key();
+        assert!(
+            !t.upsert(newcomer, direct, None, now, false, |_| false),
+            "pinned entries are not displaced"
+        );
     }
 }

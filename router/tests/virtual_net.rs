@@ -904,9 +904,9 @@ fn one_way(net: &mut Net, path: &[usize], fillers: std::ops::Range<usize>) {
 
 /// A route that fits in a label forward but not back, as through the hubs of a large
 /// Barabási–Albert mesh: a chain 0-1-...-8 that fits from 0 to 8 (16 bits) but not back
-/// (72 bits), and a longer line 8-...-0 (14 hops) that fits only from 8 to 0: node 0 can
-/// reach node 8 only over the chain, node 8 can answer only over the line. Node 8's bucket
-/// for node 0 is full of its own (pinned) peers,
+/// (72 bits), and a longer line 8-...-0 (14 hops): node 0's first try goes over the chain,
+/// and node 8 can answer only over the line. Node 8's bucket for node 0 is full of its own
+/// (pinned) peers,
 /// so, as for most pairs at 10,000 nodes, it holds no route to node 0 when the handshake
 /// comes, and what a lookup finds is trimmed again within a second. It must hold the try,
 /// look node 0 up and answer as soon as it has a route: waiting for a retry failed at 10,000
@@ -919,7 +919,11 @@ fn a_route_that_only_fits_forward_gets_its_first_try_answered() {
     // node 0, and a key larger than all of them for the middle of the line, so the tree
     // (rooted at the largest key) runs both ends' way to each other along the line, where it
     // fits (node 8 answers node 0's lookup over it).
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    // The line fits both ways, so whether node 0's first try goes over the chain depends on
+    // which path its lookup hears of first: with these identities it is the chain (asserted
+    // below). Seed 5 gave the chain until direct peers stopped going into full buckets
+    // beyond k; seeds 1, 2, 4, 8 and 9 give the line with either table rule.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut ids: Vec<Identity> = (0..LINE.end)
         .map(|_| Identity::generate(&mut rng))
         .collect();
