@@ -811,13 +811,19 @@ fn debug_tree(r: &Run) {
         .find(|(_, n)| n.identity().public_key() == root)
         .map(|&(i, _)| i);
     let depths: Vec<f64> = live.iter().map(|(_, n)| n.tree().depth() as f64).collect();
+    let without = live
+        .iter()
+        .filter(|(_, n)| n.tree().coord().is_none())
+        .count();
     let max_degree = degree.iter().max().copied().unwrap_or(0);
     eprintln!(
         "SIM_DEBUG tree: root node {root_at:?} with {} links (most linked node: {max_degree}); \
-         depth mean {:.2} max {}",
+         depth mean {:.2} max {}; {without} of {} nodes without a coordinate (their route \
+         from the root overflows a label)",
         root_at.map_or(0, |i| degree[i]),
         mean(&depths).unwrap_or(0.0),
-        depths.iter().cloned().fold(0.0, f64::max)
+        depths.iter().cloned().fold(0.0, f64::max),
+        live.len()
     );
 }
 
