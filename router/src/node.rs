@@ -1064,17 +1064,12 @@ impl Node {
     }
 
     /// The one-hop route to `addr` if it is a direct peer whose link is up (the table holds
-    /// only as many direct peers as its buckets take).
+    /// only as many direct peers as its buckets take; IP packets to a direct peer go over its
+    /// link without either).
     pub(crate) fn link_route(&self, addr: &Address) -> Option<Route> {
         let &d = self.link_by_addr.get(addr)?;
         self.links.get(d as usize)?.as_ref().filter(|l| l.up)?;
         Some(Route::from(Label::single(d).ok()?))
-    }
-
-    /// The key of the direct peer at `addr`, if we have a link to it.
-    pub(crate) fn link_key(&self, addr: &Address) -> Option<PublicKey> {
-        let &d = self.link_by_addr.get(addr)?;
-        Some(self.links.get(d as usize)?.as_ref()?.key)
     }
 
     fn link_up(&mut self, now: Instant, d: Director) {

@@ -225,12 +225,7 @@ impl Node {
     pub(crate) fn session_route(&self, now: Instant, addr: &Address) -> Option<Route> {
         let s = self.sessions.get(addr);
         let rx = s.and_then(|s| s.rx_path);
-        let best = self
-            .table
-            .get(addr)
-            .and_then(|e| e.best())
-            .map(|p| p.route)
-            .or_else(|| self.link_route(addr));
+        let best = self.table.get(addr).and_then(|e| e.best()).map(|p| p.route);
         if let Some((l, t)) = rx {
             // A fresh reply path follows the sender's choice, unless we know a shorter one
             // (a direct link just opened, say).
@@ -310,10 +305,7 @@ impl Node {
         {
             return;
         }
-        let key = s
-            .key
-            .or_else(|| self.table.get(&addr).map(|e| e.key))
-            .or_else(|| self.link_key(&addr));
+        let key = s.key.or_else(|| self.table.get(&addr).map(|e| e.key));
         let route = self.session_route(now, &addr);
         let (Some(key), Some(route)) = (key, route) else {
             self.start_lookup(now, addr, None);

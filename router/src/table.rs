@@ -2,8 +2,8 @@
 //! with us, at most `k` per bucket, so the table grows like O(k log n). Each entry keeps a few
 //! verified paths (labels) with measured RTT. Direct peers go in under the same `k` rule
 //! (their one-hop path puts them ahead of entries with longer ones) and, once in, are pinned;
-//! a hub's further peers live in its link table only (the node reaches them over their link,
-//! `Node::link_route`).
+//! a hub's further peers live in its link table only (IP packets to a direct peer go over its
+//! link without the table; `Node::link_route`).
 
 use std::time::{Duration, Instant};
 
