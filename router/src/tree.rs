@@ -248,14 +248,12 @@ impl Tree {
             };
         }
         self.peers.insert(d, PeerPlace { said, heard: now });
-        self.rerank();
         self.reselect(now);
     }
 
     /// Link `d` went down.
     pub fn link_down(&mut self, now: Instant, d: Director) {
         if self.peers.remove(&d).is_some() {
-            self.rerank();
             self.reselect(now);
         }
     }
@@ -293,7 +291,6 @@ impl Tree {
         // Root and parent follow from the peers and live roots alone, and every other change
         // to those (`heard`, `link_down`) picks again at once: nothing to pick otherwise.
         if changed {
-            self.rerank();
             self.reselect(now);
         }
         if now >= self.next_announce {
@@ -339,28 +336,21 @@ impl Tree {
         self.roots.get(root).map(|r| (r.rank, *root))
     }
 
-    /// Sets our rank from the peers we hear; as root, a new rank goes out at once with a new
-    /// sequence number (receivers take a root's rank only with a newer number).
-    fn rerank(&mut self) {
+    /// Our rank for the peers we hear now (a rank rises at once and falls only well below
+    /// its bound).
+    fn rank_now(&self) -> u8 {
         let links = self.peers.len();
-        let rank = if rank_for(links) > self.rank || (links as f64) < 0.75 * rank_floor(self.rank) {
+        if rank_for(links) > self.rank || (links as f64) < 0.75 * rank_floor(self.rank) {
             rank_for(links)
         } else {
             self.rank
-        };
-        if rank != self.rank {
-            self.rank = rank;
-            if self.root == self.me {
-                self.own_seq += 1;
-                self.seq = self.own_seq;
-                self.root_rank = rank;
-                self.dirty = true;
-            }
         }
     }
 
     /// Picks root and parent from what the peers said.
     fn reselect(&mut self, _now: Instant) {
+        // As root, a new rank goes out with a new sequence number (`become_root`).
+        self.rank = self.rank_now();
         // The first live root in order anyone offers (ourselves if we come before it).
         let me = (self.rank, self.me);
         let best_root = self

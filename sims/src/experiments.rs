@@ -845,7 +845,7 @@ fn debug_routes(r: &Run, first_probe: usize, sp: &mut Shortest) {
     };
     let (mut n, mut used, mut short, mut src, mut dst, mut both) =
         (0, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut some_k = 0u64;
+    let mut to_peers = 0u64;
     for pr in &r.sim.probes[first_probe..] {
         let (Some(h), Some(_)) = (pr.hops, pr.replied) else {
             continue;
@@ -870,23 +870,18 @@ fn debug_routes(r: &Run, first_probe: usize, sp: &mut Shortest) {
             }
         }
         // The source to up to 8 of the destination's peers, shallowest first.
-        let mut qs: Vec<(u8, u16, u32)> = sp.adj[pr.dst as usize]
+        let mut peers: Vec<(u8, u32)> = sp.adj[pr.dst as usize]
             .iter()
-            .filter_map(|&q| {
-                let t = r.sim.nodes[q as usize].as_ref()?.tree();
-                let c = t.coord()?;
-                let branch = switch::Label(c.down).directors().next().unwrap_or(0);
-                Some((t.depth(), branch, q))
-            })
+            .filter_map(|&q| Some((r.sim.nodes[q as usize].as_ref()?.tree().depth(), q)))
             .collect();
-        qs.sort();
-        let mut best_k = a;
-        for &(_, _, q) in qs.iter().take(8) {
-            if let Some(t) = tree_hops(pr.src, q) {
-                best_k = best_k.min(t + 1);
-            }
-        }
-        some_k += best_k as u64;
+        peers.sort();
+        let via_peer = peers
+            .iter()
+            .take(8)
+            .filter_map(|&(_, q)| tree_hops(pr.src, q))
+            .map(|t| t + 1)
+            .fold(a, u32::min);
+        to_peers += via_peer as u64;
         n += 1;
         used += h as u64;
         short += s as u64;
@@ -903,7 +898,7 @@ fn debug_routes(r: &Run, first_probe: usize, sp: &mut Shortest) {
         f(src),
         f(dst),
         f(both),
-        f(some_k)
+        f(to_peers)
     );
 }
 
