@@ -87,12 +87,13 @@ fn main() {
             Label::from_directors(&[3]).unwrap().0,
             Some(Coord {
                 root: ids[2].public_key(),
-                down: Label::from_directors(&[2, 5]).unwrap().0,
+                // A deep node: its coordinate takes two labels.
+                down: Route::from_directors([2, 5].into_iter().cycle().take(30)).unwrap(),
             }),
             vec![NodeRecord {
                 key: ids[2].public_key(),
                 label: route.0,
-                coord: Label::from_directors(&[2]).unwrap().0,
+                coord: Route::from(Label::from_directors(&[2]).unwrap()),
             }],
         ),
         Control::Ping {
@@ -105,8 +106,8 @@ fn main() {
             rank: 1,
             seq: 9,
             depth: 1,
-            up: Label::from_directors(&[0]).unwrap().0,
-            down: Label::from_directors(&[4]).unwrap().0,
+            up: Route::from(Label::from_directors(&[0]).unwrap()),
+            down: Route::from(Label::from_directors(&[4]).unwrap()),
             director: 1,
         },
         Control::Rendezvous {

@@ -6,6 +6,7 @@
 
 use crypto::{Address, Identity, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
+use switch::Route;
 
 /// Most node records in one answer.
 pub const MAX_RECORDS: usize = 16;
@@ -18,8 +19,9 @@ pub struct NodeRecord {
     /// Route from the responder to the node.
     pub label: u64,
     /// The node's place in the responder's spanning tree (route from the root down to the
-    /// node), 0 if unknown. Only meaningful under the root named in the answer.
-    pub coord: u64,
+    /// node), [`Route::INVALID`] if unknown. Only meaningful under the root named in the answer.
+    #[serde(with = "wire_route")]
+    pub coord: Route,
 }
 
 /// Where a node sits in the spanning tree: the root, and the route from it down to the node.
@@ -27,8 +29,58 @@ pub struct NodeRecord {
 pub struct Coord {
     /// The tree's root.
     pub root: PublicKey,
-    /// Route from the root down to the node.
-    pub down: u64,
+    /// Route from the root down to the node: one segment per 64-bit label it needs (a
+    /// deep node of a large physical mesh needs several; each node where one ends relays).
+    #[serde(with = "wire_route")]
+    pub down: Route,
+}
+
+/// A [`Route`] on the wire: its segments as a sequence of labels (postcard: a count, then
+/// each label as a varint), 1 to [`switch::MAX_SEGMENTS`] of them.
+mod wire_route {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserializer, Serializer};
+    use switch::{Label, Route, MAX_SEGMENTS};
+
+    pub fn serialize<S: Serializer>(r: &Route, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(r.segments().len()))?;
+        for l in r.segments() {
+            seq.serialize_element(&l.0)?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Route, D::Error> {
+        struct Segments;
+        impl<'de> Visitor<'de> for Segments {
+            type Value = Route;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "1 to {MAX_SEGMENTS} labels")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Route, A::Error> {
+                let mut segs = [Label::INVALID; MAX_SEGMENTS];
+                let mut n = 0;
+                while let Some(v) = seq.next_element::<u64>()? {
+                    if n == MAX_SEGMENTS {
+                        return Err(A::Error::custom("too many segments"));
+                    }
+                    segs[n] = Label(v);
+                    n += 1;
+                }
+                Route::new(&segs[..n]).ok_or_else(|| A::Error::custom("no segments"))
+            }
+        }
+        d.deserialize_seq(Segments)
+    }
+}
+
+/// The bytes a signature covers for a route: its segment count, then each label.
+fn route_bytes(m: &mut Vec<u8>, r: &Route) {
+    m.push(r.segments().len() as u8);
+    for l in r.segments() {
+        m.extend_from_slice(&l.0.to_le_bytes());
+    }
 }
 
 /// A router control message.
@@ -106,9 +158,11 @@ pub enum Control {
         /// Hops from the sender to the root.
         depth: u8,
         /// Route from the sender up to the root.
-        up: u64,
+        #[serde(with = "wire_route")]
+        up: Route,
         /// Route from the root down to the sender.
-        down: u64,
+        #[serde(with = "wire_route")]
+        down: Route,
         /// The sender's director for the link this came over (so the receiver can extend
         /// `down` to itself).
         director: u16,
@@ -167,7 +221,7 @@ fn coord_bytes(m: &mut Vec<u8>, coord: &Option<Coord>) {
         Some(c) => {
             m.push(1);
             m.extend_from_slice(&c.root.0);
-            m.extend_from_slice(&c.down.to_le_bytes());
+            route_bytes(m, &c.down);
         }
         None => m.push(0),
     }
@@ -181,7 +235,7 @@ fn nodes_msg(txid: u64, back: u64, coord: &Option<Coord>, nodes: &[NodeRecord]) 
     for n in nodes {
         m.extend_from_slice(&n.key.0);
         m.extend_from_slice(&n.label.to_le_bytes());
-        m.extend_from_slice(&n.coord.to_le_bytes());
+        route_bytes(&mut m, &n.coord);
     }
     m
 }
@@ -313,6 +367,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::SeedableRng;
+    use switch::Label;
 
     #[test]
     fn endpoint_records_are_tamper_proof() {
@@ -341,12 +396,12 @@ mod tests {
             0x21,
             Some(Coord {
                 root: b.public_key(),
-                down: 0x31,
+                down: Route::new(&[Label(0x31), Label(0x35)]).unwrap(),
             }),
             vec![NodeRecord {
                 key: b.public_key(),
                 label: 0x13,
-                coord: 0x41,
+                coord: Route::from(Label(0x41)),
             }],
         );
         assert!(n.verify_answer(&a.public_key()));
@@ -382,8 +437,16 @@ mod tests {
             n2[0].label = 0x15;
             assert!(tampered(back, coord, n2), "labels");
             let mut n3 = nodes;
-            n3[0].coord = 0x15;
-            assert!(tampered(back, coord, n3), "record coordinates");
+            n3[0].coord = Route::from(Label(0x15));
+            assert!(
+                tampered(back, coord, n3.clone()),
+                "record coordinates"
+            );
+            n3[0].coord = Route::new(&[Label(0x41), Label(0x41)]).unwrap();
+            assert!(
+                tampered(back, coord, n3),
+                "record coordinates: a segment more"
+            );
         }
         let p = Control::pong(&b, 7, None);
         assert!(p.verify_answer(&b.public_key()));

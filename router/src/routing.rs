@@ -359,16 +359,24 @@ impl Node {
                     .into_iter()
                     .filter(|e| e.addr != asker_addr)
                     .filter_map(|e| {
-                        Some(NodeRecord {
+                        // A record carries one label: the best path that is one. A node
+                        // reached only over longer paths (far off in a large physical mesh)
+                        // goes out with its coordinate alone (label 0), if it has one under
+                        // our root: the asker routes to it through the tree.
+                        let label = e
+                            .paths
+                            .iter()
+                            .filter(|p| p.failed_at.is_none())
+                            .find_map(|p| p.route.single())
+                            .unwrap_or(Label::INVALID);
+                        let coord = e
+                            .coord
+                            .filter(|c| c.root == root)
+                            .map_or(Route::INVALID, |c| c.down);
+                        (label.is_valid() || coord.is_valid()).then_some(NodeRecord {
                             key: e.key,
-                            // A record carries one label: the best path that is one.
-                            label: e
-                                .paths
-                                .iter()
-                                .filter(|p| p.failed_at.is_none())
-                                .find_map(|p| p.route.single())?
-                                .0,
-                            coord: e.coord.filter(|c| c.root == root).map_or(0, |c| c.down),
+                            label: label.0,
+                            coord,
                         })
                     })
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
@@ -453,7 +461,7 @@ impl Node {
                 if let Some(e) = peer.and_then(|k| self.table.get_mut(&k.address())) {
                     e.coord = said.down.is_valid().then_some(Coord {
                         root: said.root,
-                        down: said.down.0,
+                        down: said.down,
                     });
                 }
                 let before = self.tree.coord();
@@ -536,7 +544,7 @@ impl Node {
         }
         let entry = self.table.get(&asker.address()).filter(|e| e.key == *asker);
         hint.or(entry.and_then(|e| e.coord))
-            .and_then(|c| self.tree.route_to(&c.root, Label(c.down)))
+            .and_then(|c| self.tree.route_to(&c.root, c.down))
             .or_else(|| entry.and_then(|e| e.best()).map(|p| p.route))
     }
 
@@ -604,12 +612,13 @@ impl Node {
                 self.counters.drop_forged += 1;
                 continue;
             };
+            // Label 0: the responder knows no one-label path to the node, only its coordinate.
             let label = Label(rec.label);
-            if addr == me || !label.is_well_formed() {
+            if addr == me || (label.is_valid() && !label.is_well_formed()) {
                 continue;
             }
             // The tree route doesn't depend on who answered; the spliced one is the fallback.
-            let tree = root.and_then(|r| self.tree.route_to(&r, Label(rec.coord)));
+            let tree = root.and_then(|r| self.tree.route_to(&r, rec.coord));
             let Some(spliced) = q.path.extend(back, label).ok().or(tree) else {
                 if addr == target {
                     tracing::debug!(
@@ -617,7 +626,7 @@ impl Node {
                         %target,
                         path_hops = q.path.hops(),
                         label_hops = label.hops(),
-                        has_coord = rec.coord != 0,
+                        has_coord = rec.coord.is_valid(),
                         same_root = root.is_some(),
                         "lookup: a record of the target is unusable: label overflows and no tree route"
                     );
@@ -627,7 +636,7 @@ impl Node {
                     record = %addr,
                     path_hops = q.path.hops(),
                     label_hops = label.hops(),
-                    has_coord = rec.coord != 0,
+                    has_coord = rec.coord.is_valid(),
                     same_root = root.is_some(),
                     "record unusable: label overflows and no tree route"
                 );
@@ -838,7 +847,7 @@ impl Node {
             return;
         };
         let Some(c) = e.coord else { return };
-        let Some(route) = self.tree.route_to(&c.root, Label(c.down)) else {
+        let Some(route) = self.tree.route_to(&c.root, c.down) else {
             return;
         };
         if e.paths

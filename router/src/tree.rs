@@ -39,9 +39,9 @@ pub const ROOT_TIMEOUT: Duration = Duration::from_secs(7);
 const PEER_STALE: Duration = Duration::from_secs(7);
 /// Most roots remembered at once.
 const MAX_ROOTS: usize = 32;
-/// Deepest place in the tree (a label holds at most 31 hops, through 2-link nodes; deeper
-/// coordinates would not fit anyway).
-const MAX_DEPTH: u8 = 31;
+/// Deepest place in the tree. A coordinate of [`switch::MAX_SEGMENTS`] labels holds at most
+/// 124 hops (through 2-link nodes); deeper ones would not fit anyway.
+const MAX_DEPTH: u8 = 124;
 
 /// A peer's place in the tree, as its [`Control::Tree`] announcement says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,9 +55,9 @@ pub struct Announcement {
     /// Its hops to the root.
     pub depth: u8,
     /// Its route up to the root.
-    pub up: Label,
+    pub up: Route,
     /// The route from the root down to it.
-    pub down: Label,
+    pub down: Route,
     /// Its director for the link to us.
     pub director: Director,
 }
@@ -79,8 +79,8 @@ impl Announcement {
                 rank,
                 seq,
                 depth,
-                up: Label(up),
-                down: Label(down),
+                up,
+                down,
                 director,
             }),
             _ => None,
@@ -119,8 +119,8 @@ pub struct Tree {
     root_rank: u8,
     seq: u64,
     depth: u8,
-    up: Label,
-    down: Label,
+    up: Route,
+    down: Route,
     /// Our own rank (from how many peers we hear).
     rank: u8,
     /// Our own count, used while we are the root.
@@ -143,8 +143,8 @@ impl Tree {
             root_rank: 0,
             seq: 0,
             depth: 0,
-            up: Label::SELF,
-            down: Label::SELF,
+            up: Route::from(Label::SELF),
+            down: Route::from(Label::SELF),
             rank: 0,
             own_seq: 0,
             next_announce: now,
@@ -156,7 +156,7 @@ impl Tree {
     pub fn coord(&self) -> Option<Coord> {
         self.down.is_valid().then_some(Coord {
             root: self.root,
-            down: self.down.0,
+            down: self.down,
         })
     }
 
@@ -187,7 +187,7 @@ impl Tree {
     ///
     /// Where the route doesn't fit in one label, the node where it turns from climbing to
     /// descending relays it (a route of two segments).
-    pub fn route_to(&self, root: &PublicKey, down: Label) -> Option<Route> {
+    pub fn route_to(&self, root: &PublicKey, down: Route) -> Option<Route> {
         if *root != self.root
             || !self.down.is_valid()
             || !down.is_well_formed()
@@ -325,8 +325,8 @@ impl Tree {
             rank: self.root_rank,
             seq: self.seq,
             depth: self.depth,
-            up: self.up.0,
-            down: self.down.0,
+            up: self.up,
+            down: self.down,
             director: d,
         }
     }
@@ -379,16 +379,9 @@ impl Tree {
             self.become_root();
             return;
         };
-        let down = Label::single(p.director)
-            .ok()
-            .and_then(|hop| p.down.splice(hop).ok())
-            .filter(|_| p.down.is_valid())
-            .unwrap_or(Label::INVALID);
-        let up = Label::single(d)
-            .ok()
-            .and_then(|hop| hop.splice(p.up).ok())
-            .filter(|_| p.up.is_valid())
-            .unwrap_or(Label::INVALID);
+        // A route that no longer fits is invalid: no coordinate, but still in the tree.
+        let down = p.down.then_hop(p.director).unwrap_or(Route::INVALID);
+        let up = p.up.hop_then(d).unwrap_or(Route::INVALID);
         let root_changed = self.root != root;
         let changed = root_changed
             || self.root_rank != root_rank
@@ -425,8 +418,8 @@ impl Tree {
         self.root_rank = self.rank;
         self.parent = None;
         self.depth = 0;
-        self.up = Label::SELF;
-        self.down = Label::SELF;
+        self.up = Route::from(Label::SELF);
+        self.down = Route::from(Label::SELF);
         self.seq = self.own_seq;
     }
 }
@@ -454,8 +447,9 @@ fn rank_floor(rank: u8) -> f64 {
 /// The route through the tree from the node at (`up`, `down`, `depth`) to the node at
 /// `target` (a route from the root): climb to the last node both routes from the root share,
 /// then descend; relayed by the node where it turns if it doesn't fit in one label.
-/// [`Label::SELF`] when they are the same node.
-fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Route> {
+/// [`Label::SELF`] when they are the same node. The route is packed into as few segments as
+/// hold it (`None` if that is more than a route has).
+fn tree_route(up: Route, down: Route, depth: u8, target: Route) -> Option<Route> {
     if !up.is_valid() || !down.is_valid() || up.hops() != depth as usize {
         return None;
     }
@@ -464,9 +458,12 @@ fn tree_route(up: Label, down: Label, depth: u8, target: Label) -> Option<Route>
         .zip(target.directors())
         .take_while(|(a, b)| a == b)
         .count();
-    let climb = up.prefix(depth as usize - shared.min(depth as usize));
-    let descend = target.strip_prefix(target.prefix(shared))?;
-    Route::from(climb).join(Route::from(descend)).ok()
+    let climb = depth as usize - shared.min(depth as usize);
+    Route::from_directors(
+        up.directors()
+            .take(climb)
+            .chain(target.directors().skip(shared)),
+    )
 }
 
 #[cfg(test)]
@@ -521,8 +518,8 @@ mod tests {
             rank,
             seq,
             depth: 0,
-            up: Label::SELF,
-            down: Label::SELF,
+            up: Route::from(Label::SELF),
+            down: Route::from(Label::SELF),
             director,
         }
     }
@@ -592,7 +589,7 @@ mod tests {
         for a in 0..n {
             for b in 0..n {
                 let c = trees[b].coord().unwrap();
-                let route = trees[a].route_to(&c.root, Label(c.down));
+                let route = trees[a].route_to(&c.root, c.down);
                 if a == b {
                     assert_eq!(route, None);
                     continue;
@@ -605,12 +602,50 @@ mod tests {
     }
 
     #[test]
+    fn coordinates_deeper_than_a_label_take_several_segments() {
+        // 47 nodes: the root (the largest key) at the right end, node 0 46 hops below it,
+        // more than one label holds (31 hops through 2-link nodes).
+        let n = 47;
+        let trees = line(n);
+        for (i, t) in trees.iter().enumerate() {
+            assert_eq!(t.root(), key(n as u8), "node {i}");
+            let c = t
+                .coord()
+                .unwrap_or_else(|| panic!("node {i} has a coordinate"));
+            assert_eq!(c.down.hops(), n - 1 - i);
+            assert_eq!(c.down.segments().len(), if n - 1 - i > 31 { 2 } else { 1 });
+        }
+        for a in (0..n).step_by(3) {
+            for b in 0..n {
+                let c = trees[b].coord().unwrap();
+                let Some(route) = trees[a].route_to(&c.root, c.down) else {
+                    assert_eq!(a, b);
+                    continue;
+                };
+                assert_eq!(walk_line(a, &route), b, "{a} -> {b} via {route}");
+                assert_eq!(route.hops(), a.abs_diff(b), "shortest on a line");
+                assert_eq!(route.segments().len(), a.abs_diff(b).div_ceil(31).max(1));
+            }
+        }
+        // The wire carries the segments, and they come back the same.
+        let said = Announcement::from_control(
+            &Control::from_bytes(&trees[0].announcement(0).to_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(said.down, trees[0].coord().unwrap().down);
+        assert_eq!(said.up.hops(), n - 1);
+    }
+
+    #[test]
     fn a_dead_root_is_replaced_by_the_next_largest() {
         let now = Instant::now();
         let mut t = Tree::new(key(1), now);
         t.heard(now, 0, at_root(key(9), 1, 3));
         assert_eq!(t.root(), key(9));
-        assert_eq!(t.coord().unwrap().down, Label::single(3).unwrap().0);
+        assert_eq!(
+            t.coord().unwrap().down,
+            Route::from(Label::single(3).unwrap())
+        );
         // Another peer offers a smaller root, still counting.
         let mut when = now;
         for s in 1..6 {
@@ -643,7 +678,7 @@ mod tests {
         }
         assert_eq!(trees[1].rank(), 0);
         let c = trees[4].coord().unwrap();
-        assert_eq!(trees[1].route_to(&c.root, Label(c.down)).unwrap().hops(), 2);
+        assert_eq!(trees[1].route_to(&c.root, c.down).unwrap().hops(), 2);
         // Below 32 links the key decides: the same star with 31 leaves roots at a leaf.
         let trees = mesh(&keys[..32], &edges[..31]);
         assert_eq!(trees[0].root(), key(44));

@@ -922,8 +922,10 @@ fn a_route_that_only_fits_forward_gets_its_first_try_answered() {
     // The line fits both ways, so whether node 0's first try goes over the chain depends on
     // which path its lookup hears of first: with these identities it is the chain (asserted
     // below). Seed 5 gave the chain until direct peers stopped going into full buckets
-    // beyond k; seeds 1, 2, 4, 8 and 9 give the line with either table rule.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    // beyond k; seed 3 then, until coordinates took several labels and records without a
+    // one-label path went out with their coordinate alone; seeds 1, 2, 7 and 16 now give
+    // the line, 6 the chain.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
     let mut ids: Vec<Identity> = (0..LINE.end)
         .map(|_| Identity::generate(&mut rng))
         .collect();

@@ -839,9 +839,7 @@ fn debug_routes(r: &Run, first_probe: usize, sp: &mut Shortest) {
             return Some(0);
         }
         let c = b.tree().coord()?;
-        a.tree()
-            .route_to(&c.root, switch::Label(c.down))
-            .map(|x| x.hops() as u32)
+        a.tree().route_to(&c.root, c.down).map(|x| x.hops() as u32)
     };
     let (mut n, mut used, mut short, mut src, mut dst, mut both) =
         (0, 0u64, 0u64, 0u64, 0u64, 0u64);
@@ -1010,7 +1008,7 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
         let addr = dst.address();
         let session = src.sessions().into_iter().find(|s| s.address == addr);
         let coord = dst.tree().coord();
-        let tree_route = coord.and_then(|c| src.tree().route_to(&c.root, router::Label(c.down)));
+        let tree_route = coord.and_then(|c| src.tree().route_to(&c.root, c.down));
         let entry = src.routes().find(|e| e.addr == addr);
         let held: Vec<bool> = sim
             .nodes
@@ -1019,7 +1017,7 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
             .filter_map(|n| n.routes().find(|e| e.addr == addr))
             .map(|e| e.best().is_some())
             .collect();
-        let mut nearest: Vec<(u32, bool)> = sim
+        let mut nearest: Vec<(u32, bool, bool)> = sim
             .nodes
             .iter()
             .flatten()
@@ -1028,12 +1026,16 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
                 (
                     n.address().common_prefix_len(&addr),
                     n.routes().any(|e| e.addr == addr && e.best().is_some()),
+                    dst.routes()
+                        .any(|e| e.addr == n.address() && e.best().is_some()),
                 )
             })
             .collect();
         nearest.sort_by(|a, b| b.cmp(a));
         nearest.truncate(6);
-        eprintln!("  nearest to target by XOR (common prefix, holds it): {nearest:?}");
+        eprintln!(
+            "  nearest to target by XOR (common prefix, holds it, target holds it): {nearest:?}"
+        );
         eprintln!(
             "FAIL {} src {} t={:.1} {}->{} shortest {:?} arrived {} session {:?} paths {:?} \
              same_root {} depths {}/{} tree_route {:?} entry_coord_current {:?} \

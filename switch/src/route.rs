@@ -144,6 +144,80 @@ impl Route {
         Route::new(&segs[..len]).unwrap_or(Route::INVALID)
     }
 
+    /// The directors over all segments, first hop first.
+    pub fn directors(&self) -> impl Iterator<Item = crate::Director> + '_ {
+        self.segments().iter().flat_map(|s| s.directors())
+    }
+
+    /// The route through these directors, first hop first, packed into as few segments as
+    /// hold them (each segment as full as it goes; any node can relay). `None` if they need
+    /// more than [`MAX_SEGMENTS`] or a director is too large; no directors give
+    /// [`Label::SELF`].
+    pub fn from_directors(ds: impl IntoIterator<Item = crate::Director>) -> Option<Route> {
+        let mut segs = [Label::INVALID; MAX_SEGMENTS];
+        let mut len = 0;
+        let mut cur = Label::SELF;
+        for d in ds {
+            let hop = Label::single(d).ok()?;
+            match cur.splice(hop) {
+                Ok(l) => cur = l,
+                Err(_) => {
+                    if len + 1 == MAX_SEGMENTS {
+                        return None;
+                    }
+                    segs[len] = cur;
+                    len += 1;
+                    cur = hop;
+                }
+            }
+        }
+        segs[len] = cur;
+        Route::new(&segs[..=len])
+    }
+
+    /// One more hop out of director `d` at the end: onto the last segment, or as a segment
+    /// of its own (relayed where the route ended) where that overflows. `None` past
+    /// [`MAX_SEGMENTS`] or for an invalid route.
+    pub fn then_hop(&self, d: crate::Director) -> Option<Route> {
+        if !self.is_valid() {
+            return None;
+        }
+        let hop = Label::single(d).ok()?;
+        let n = self.len as usize;
+        let mut segs = self.segs;
+        if let Ok(l) = segs[n - 1].splice(hop) {
+            segs[n - 1] = l;
+            return Route::new(&segs[..n]);
+        }
+        if n == MAX_SEGMENTS {
+            return None;
+        }
+        segs[n] = hop;
+        Route::new(&segs[..=n])
+    }
+
+    /// One hop out of director `d` before the route: onto the first segment, or as a
+    /// segment of its own (relayed one hop on) where that overflows. `None` past
+    /// [`MAX_SEGMENTS`] or for an invalid route.
+    pub fn hop_then(&self, d: crate::Director) -> Option<Route> {
+        if !self.is_valid() {
+            return None;
+        }
+        let n = self.len as usize;
+        if let Ok(l) = self.segs[0].push(d) {
+            let mut segs = self.segs;
+            segs[0] = l;
+            return Route::new(&segs[..n]);
+        }
+        if n == MAX_SEGMENTS {
+            return None;
+        }
+        let mut segs = [Label::INVALID; MAX_SEGMENTS];
+        segs[0] = Label::single(d).ok()?;
+        segs[1..=n].copy_from_slice(self.segments());
+        Route::new(&segs[..=n])
+    }
+
     /// Encoded length of the relay header this route needs (0 for a single segment).
     pub fn relay_header_len(&self) -> usize {
         match self.len {
@@ -221,6 +295,47 @@ mod tests {
         assert_eq!(r2.prefix(41), r2);
         assert_eq!(r2.prefix(99), r2);
         assert!("1+".parse::<Route>().is_err());
+    }
+
+    #[test]
+    fn directors_pack_into_as_few_segments_as_hold_them() {
+        // 40 hops through two-link nodes: 31 in the first label, 9 in the second.
+        let r = Route::from_directors([1; 40]).unwrap();
+        assert_eq!(r.segments().len(), 2);
+        assert_eq!(r.segments()[0].hops(), 31);
+        assert_eq!(r.hops(), 40);
+        assert!(r.directors().eq([1; 40]));
+        assert_eq!(Route::from_directors([]), Some(Route::from(Label::SELF)));
+        assert_eq!(
+            Route::from_directors([1; 31 * MAX_SEGMENTS])
+                .unwrap()
+                .hops(),
+            124
+        );
+        assert_eq!(Route::from_directors([1; 31 * MAX_SEGMENTS + 1]), None);
+        assert_eq!(Route::from_directors([5000]), None);
+        // Hop by hop from either end gives the same directors, the same packing from the end
+        // that was built first.
+        let mut down = Route::from(Label::SELF);
+        let mut up = Route::from(Label::SELF);
+        let ds: Vec<crate::Director> = (0..40).map(|i| (i * 7 % 11) as crate::Director).collect();
+        for &d in &ds {
+            down = down.then_hop(d).unwrap();
+            up = up.hop_then(d).unwrap();
+        }
+        assert!(down.directors().eq(ds.iter().copied()));
+        assert!(up.directors().eq(ds.iter().rev().copied()));
+        assert_eq!(down, Route::from_directors(ds.iter().copied()).unwrap());
+        // Both packed from the root's end (ds[0]): the segments there hold the same hops.
+        assert_eq!(up.segments().len(), down.segments().len());
+        assert_eq!(
+            up.segments().last().unwrap().hops(),
+            down.segments()[0].hops()
+        );
+        let full = Route::from_directors([1; 31 * MAX_SEGMENTS]).unwrap();
+        assert_eq!(full.then_hop(1), None);
+        assert_eq!(full.hop_then(1), None);
+        assert_eq!(Route::INVALID.then_hop(1), None);
     }
 
     #[test]
