@@ -438,10 +438,7 @@ mod tests {
             assert!(tampered(back, coord, n2), "labels");
             let mut n3 = nodes;
             n3[0].coord = Route::from(Label(0x15));
-            assert!(
-                tampered(back, coord, n3.clone()),
-                "record coordinates"
-            );
+            assert!(tampered(back, coord, n3.clone()), "record coordinates");
             n3[0].coord = Route::new(&[Label(0x41), Label(0x41)]).unwrap();
             assert!(
                 tampered(back, coord, n3),

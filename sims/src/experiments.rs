@@ -188,6 +188,10 @@ pub struct Summary {
     pub probes_disconnected: usize,
     /// Lookups that found their target / lookups (reach).
     pub lookup_success_rate: Option<f64>,
+    /// Running nodes whose routing table holds a working path to their nearest running node
+    /// by XOR (where a lookup for them ends) / running nodes, at the end of the run. Below 1,
+    /// the DHT is split into groups that lookups from the wrong side don't find.
+    pub dht_nearest_held: Option<f64>,
     /// Mean hops of the paths found by lookups.
     pub lookup_mean_hops: Option<f64>,
     /// Mean of hops used / shortest hops (BFS) over delivered probes.
@@ -455,6 +459,10 @@ impl Run {
             probes: counted.len(),
             probes_disconnected: probes.len() - counted.len(),
             lookup_success_rate: ratio(found.len(), lookups.len()),
+            dht_nearest_held: {
+                let (held, live) = dht_nearest_held(&self.sim);
+                ratio(held, live)
+            },
             lookup_mean_hops: mean(&found.iter().map(|&h| h as f64).collect::<Vec<_>>()),
             mean_stretch: mean(&stretches),
             mean_hops: mean(&hops.iter().map(|&h| h as f64).collect::<Vec<_>>()),
@@ -825,6 +833,27 @@ fn debug_tree(r: &Run) {
         depths.iter().cloned().fold(0.0, f64::max),
         live.len()
     );
+    let (held, n) = dht_nearest_held(&r.sim);
+    eprintln!("SIM_DEBUG dht: {held} of {n} nodes hold their nearest node by XOR");
+}
+
+/// (running nodes holding a working path to their nearest running node by XOR, running
+/// nodes): how well the DHT holds together. O(n²) address comparisons: ~10⁸ at 10,000 nodes.
+fn dht_nearest_held(sim: &Sim) -> (usize, usize) {
+    let live: Vec<&router::Node> = sim.nodes.iter().flatten().collect();
+    let addrs: Vec<crypto::Address> = live.iter().map(|n| n.address()).collect();
+    let held = live
+        .iter()
+        .zip(&addrs)
+        .filter(|(n, me)| {
+            addrs
+                .iter()
+                .filter(|a| a != me)
+                .min_by_key(|a| a.distance(me))
+                .is_some_and(|near| n.routes().any(|e| e.addr == *near && e.best().is_some()))
+        })
+        .count();
+    (held, live.len())
 }
 
 /// `SIM_DEBUG`: for the answered probes, the hops used against what each kind of route

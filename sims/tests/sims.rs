@@ -86,6 +86,22 @@ fn ring_paths_are_one_of_the_two_ways_round() {
 /// Two triangles joined through node 3: killing it cuts the graph in two. Success among
 /// pairs still connected stays high; pairs across the cut are reported apart, never as
 /// delivered.
+/// A ring of 100, every node starting at once: tables start out local, and the nodes nearest
+/// an address by XOR can form groups that never meet, as lookups start from the nodes a
+/// table holds closest to the target (47 of the 100 held their nearest node, lookups found 56%
+/// of their targets). Self-lookups that start from nodes picked at random merge the groups.
+#[test]
+fn lookups_find_every_node_of_a_ring_of_100() {
+    let mut p = params(Experiment::Reach, 100, Kind::Ring, 1);
+    p.start_spread = 2.0;
+    p.warmup = 20.0;
+    p.pairs = 40;
+    let s = run(&p).unwrap().summary;
+    assert_eq!(s.dht_nearest_held, Some(1.0), "{s:#?}");
+    assert_eq!(s.lookup_success_rate, Some(1.0), "{s:#?}");
+    assert_eq!(s.success_rate, Some(1.0), "{s:#?}");
+}
+
 #[test]
 fn cut_vertex_partitions_and_is_reported_honestly() {
     let gml = r#"graph [
