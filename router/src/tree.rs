@@ -35,6 +35,11 @@ use crate::control::{Control, Coord};
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// A root whose sequence number has not moved for this long is taken for dead.
 pub const ROOT_TIMEOUT: Duration = Duration::from_secs(7);
+/// Cut off from the root this long (no peer nearer it, none with a newer number: the root
+/// counts up every [`ANNOUNCE_EVERY`]), a node takes the root for dead, as if it had timed
+/// out: when the root dies, every node of its tree is soon cut off, and the next root must
+/// not wait out [`ROOT_TIMEOUT`].
+pub const CUT_OFF_TIMEOUT: Duration = Duration::from_millis(2500);
 /// A peer's announcement older than this is ignored.
 const PEER_STALE: Duration = Duration::from_secs(7);
 /// Most roots remembered at once.
@@ -125,6 +130,8 @@ pub struct Tree {
     rank: u8,
     /// Our own count, used while we are the root.
     own_seq: u64,
+    /// Since when we have been cut off from the root we follow (no parent, not the root).
+    cut_off: Option<Instant>,
     next_announce: Instant,
     /// Something peers should hear about changed.
     dirty: bool,
@@ -147,6 +154,7 @@ impl Tree {
             down: Route::from(Label::SELF),
             rank: 0,
             own_seq: 0,
+            cut_off: None,
             next_announce: now,
             dirty: true,
         }
@@ -185,13 +193,10 @@ impl Tree {
     /// share, then down), or through one of our peers, from its own place in the tree (one
     /// hop of look-ahead: a peer on another branch is often a shortcut in a physical mesh).
     ///
-    /// Where the route doesn't fit in one label, the node where it turns from climbing to
-    /// descending relays it (a route of two segments).
+    /// The route is packed into as few labels as hold it; the nodes where they end relay.
+    /// Cut off from the root (no coordinate of our own), only the ways through peers remain.
     pub fn route_to(&self, root: &PublicKey, down: Route) -> Option<Route> {
-        if *root != self.root
-            || !self.down.is_valid()
-            || !down.is_well_formed()
-            || down == self.down
+        if *root != self.root || !down.is_valid() || !down.is_well_formed() || down == self.down
         {
             return None;
         }
@@ -260,13 +265,22 @@ impl Tree {
 
     /// Ages roots and peers; as root, counts up. Returns whether to announce to every peer now.
     pub fn tick(&mut self, now: Instant) -> bool {
-        let dead: Vec<PublicKey> = self
+        let mut dead: Vec<PublicKey> = self
             .roots
             .iter()
             .filter(|(_, r)| now.saturating_duration_since(r.moved) >= ROOT_TIMEOUT)
             .map(|(k, _)| *k)
             .collect();
         let mut changed = !dead.is_empty();
+        if self
+            .cut_off
+            .is_some_and(|t| now.saturating_duration_since(t) >= CUT_OFF_TIMEOUT)
+            && self.root != self.me
+            && self.roots.contains_key(&self.root)
+        {
+            dead.push(self.root);
+            changed = true;
+        }
         for k in dead {
             if let Some(r) = self.roots.remove(&k) {
                 self.dead.insert(k, r.seq);
@@ -324,7 +338,12 @@ impl Tree {
             root: self.root,
             rank: self.root_rank,
             seq: self.seq,
-            depth: self.depth,
+            // Cut off from the root (no parent, not the root): nowhere to lead.
+            depth: if self.parent.is_none() && self.root != self.me {
+                u8::MAX
+            } else {
+                self.depth
+            },
             up: self.up,
             down: self.down,
             director: d,
@@ -348,17 +367,25 @@ impl Tree {
     }
 
     /// Picks root and parent from what the peers said.
-    fn reselect(&mut self, _now: Instant) {
+    fn reselect(&mut self, now: Instant) {
         // As root, a new rank goes out with a new sequence number (`become_root`).
         self.rank = self.rank_now();
         // The first live root in order anyone offers (ourselves if we come before it).
         let me = (self.rank, self.me);
+        // The root we follow stays a candidate while it lives and a peer still names it,
+        // even if none leads to it right now (we are cut off until its next number reaches
+        // us: see below). Alone, we are our own root at once.
+        let following = (self.root != self.me
+            && self.peers.values().any(|p| p.said.root == self.root))
+        .then(|| self.order(&self.root))
+        .flatten();
         let best_root = self
             .peers
             .values()
             .map(|p| &p.said)
             .filter(|p| p.depth < MAX_DEPTH)
             .filter_map(|p| self.order(&p.root))
+            .chain(following)
             .filter(|o| *o > me)
             .max();
         let Some((root_rank, root)) = best_root else {
@@ -369,16 +396,39 @@ impl Tree {
         // Peers under that root with a recent number; nearest first, the current parent
         // first among equals, then the lowest director.
         let parent = self.parent;
+        // Under the root we already follow, a peer is a parent only if it is nearer the root
+        // than we were under the same number, or has a newer number (DSDV's feasibility
+        // rule): when our parent dies, the peers still offering the way through us (our
+        // children and theirs) are never nearer, so no loop forms. Without it, nodes took
+        // their own descendants as parents and counted their depths up until the root's
+        // number went stale, re-announcing at every step; MAX_DEPTH (31 before coordinates
+        // took several labels) had cut that short (10% of a 10,000-node BA mesh killed, seed
+        // 5: 137 M events and 7.5 s to recover with MAX_DEPTH 200, against 69 M and 4.0 s).
+        let same = root == self.root && self.root != self.me;
+        let (seq, depth) = (self.seq, self.depth);
         let choice = self
             .peers
             .iter()
             .map(|(&d, p)| (d, p.said))
             .filter(|(_, p)| p.root == root && p.seq + 1 >= newest && p.depth < MAX_DEPTH)
+            .filter(|(_, p)| !same || p.seq > seq || (p.seq == seq && p.depth < depth))
             .min_by_key(|(d, p)| (p.depth, Some(*d) != parent, *d));
         let Some((d, p)) = choice else {
+            if same {
+                // Cut off until the root's next number comes over some peer: no parent,
+                // no coordinate, and peers hear that we lead nowhere (depth u8::MAX).
+                if self.parent.take().is_some() || self.down.is_valid() {
+                    self.dirty = true;
+                }
+                self.up = Route::INVALID;
+                self.down = Route::INVALID;
+                self.cut_off.get_or_insert(now);
+                return;
+            }
             self.become_root();
             return;
         };
+        self.cut_off = None;
         // A route that no longer fits is invalid: no coordinate, but still in the tree.
         let down = p.down.then_hop(p.director).unwrap_or(Route::INVALID);
         let up = p.up.hop_then(d).unwrap_or(Route::INVALID);
@@ -408,6 +458,7 @@ impl Tree {
     }
 
     fn become_root(&mut self) {
+        self.cut_off = None;
         if self.root != self.me || self.root_rank != self.rank {
             // A new number: peers take a root's rank only with one (they may have heard us
             // as a root of another rank under the number we had).
@@ -634,6 +685,53 @@ mod tests {
         .unwrap();
         assert_eq!(said.down, trees[0].coord().unwrap().down);
         assert_eq!(said.up.hops(), n - 1);
+    }
+
+    #[test]
+    fn a_node_cut_off_from_the_root_does_not_take_its_descendants_as_parents() {
+        // Line 0-1-2-3-4-5 rooted at node 5 (the largest key). The link 4-5 fails: nodes
+        // 0-4 still name the root, and node 3 still offers the way through node 4 (at depth
+        // 2). Taking it would make a loop whose depths count up until the root's number goes
+        // stale; instead they wait, cut off, for a newer number.
+        let n = 6;
+        let mut trees = line(n);
+        let now = Instant::now();
+        // Node i's director to i+1, and node i+1's director to i.
+        let right = |i: usize| if i == 0 { 0 } else { 1 };
+        trees[4].link_down(now, right(4));
+        assert_eq!(trees[4].parent(), None);
+        assert!(trees[4].coord().is_none(), "no way to the root, no coordinate");
+        for _ in 0..4 * n {
+            for i in 0..n - 2 {
+                let (a, b) = (
+                    trees[i].announcement(right(i)),
+                    trees[i + 1].announcement(0),
+                );
+                trees[i + 1].heard(now, 0, Announcement::from_control(&a).unwrap());
+                trees[i].heard(now, right(i), Announcement::from_control(&b).unwrap());
+            }
+        }
+        for (i, t) in trees.iter().enumerate().take(n - 1) {
+            assert_eq!(t.root(), key(n as u8), "node {i} still follows the root");
+            assert_eq!(t.parent(), None, "node {i}: no loop");
+            assert!(t.depth() as usize <= n - 1 - i, "node {i}: depth counted up");
+        }
+        // The root's next number over a new link to node 2 brings them all back.
+        trees[2].heard(now, 2, at_root(key(n as u8), 9, 0));
+        for _ in 0..n {
+            for i in 0..n - 2 {
+                let (a, b) = (
+                    trees[i].announcement(right(i)),
+                    trees[i + 1].announcement(0),
+                );
+                trees[i + 1].heard(now, 0, Announcement::from_control(&a).unwrap());
+                trees[i].heard(now, right(i), Announcement::from_control(&b).unwrap());
+            }
+        }
+        for (i, t) in trees.iter().enumerate().take(n - 1) {
+            assert!(t.coord().is_some(), "node {i} is back in the tree");
+            assert_eq!(t.depth() as usize, 1 + i.abs_diff(2), "node {i}");
+        }
     }
 
     #[test]
