@@ -39,7 +39,7 @@ pub const ROOT_TIMEOUT: Duration = Duration::from_secs(7);
 /// counts up every [`ANNOUNCE_EVERY`]), a node takes the root for dead, as if it had timed
 /// out: when the root dies, every node of its tree is soon cut off, and the next root must
 /// not wait out [`ROOT_TIMEOUT`].
-pub const CUT_OFF_TIMEOUT: Duration = Duration::from_millis(2500);
+pub const CUT_OFF_TIMEOUT: Duration = Duration::from_millis(1000);
 /// A peer's announcement older than this is ignored.
 const PEER_STALE: Duration = Duration::from_secs(7);
 /// Most roots remembered at once.
