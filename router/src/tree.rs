@@ -196,8 +196,7 @@ impl Tree {
     /// The route is packed into as few labels as hold it; the nodes where they end relay.
     /// Cut off from the root (no coordinate of our own), only the ways through peers remain.
     pub fn route_to(&self, root: &PublicKey, down: Route) -> Option<Route> {
-        if *root != self.root || !down.is_valid() || !down.is_well_formed() || down == self.down
-        {
+        if *root != self.root || !down.is_valid() || !down.is_well_formed() || down == self.down {
             return None;
         }
         let mine = tree_route(self.up, self.down, self.depth, down)
@@ -700,7 +699,10 @@ mod tests {
         let right = |i: usize| if i == 0 { 0 } else { 1 };
         trees[4].link_down(now, right(4));
         assert_eq!(trees[4].parent(), None);
-        assert!(trees[4].coord().is_none(), "no way to the root, no coordinate");
+        assert!(
+            trees[4].coord().is_none(),
+            "no way to the root, no coordinate"
+        );
         for _ in 0..4 * n {
             for i in 0..n - 2 {
                 let (a, b) = (
@@ -714,7 +716,10 @@ mod tests {
         for (i, t) in trees.iter().enumerate().take(n - 1) {
             assert_eq!(t.root(), key(n as u8), "node {i} still follows the root");
             assert_eq!(t.parent(), None, "node {i}: no loop");
-            assert!(t.depth() as usize <= n - 1 - i, "node {i}: depth counted up");
+            assert!(
+                t.depth() as usize <= n - 1 - i,
+                "node {i}: depth counted up"
+            );
         }
         // The root's next number over a new link to node 2 brings them all back.
         trees[2].heard(now, 2, at_root(key(n as u8), 9, 0));
