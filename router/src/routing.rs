@@ -399,14 +399,11 @@ impl Node {
                         // reached only over longer paths (far off in a large physical mesh)
                         // goes out with its coordinate alone (label 0), if it has one under
                         // our root: the asker routes to it through the tree.
-                        // Only nodes we have a working path to: not ones whose every path
-                        // failed (just died, say), which the asker would try in vain (handing
-                        // those out by coordinate after 10% of a 10,000-node mesh died set
-                        // off a storm of lookups and probes to dead nodes).
+                        // As before, only nodes we have a working path to (not ones whose
+                        // every path failed: just died, say).
                         let mut working = e.paths.iter().filter(|p| p.failed_at.is_none());
-                        let first = working.next()?;
-                        let label = std::iter::once(first)
-                            .chain(working)
+                        working.clone().next()?;
+                        let label = working
                             .find_map(|p| p.route.single())
                             .unwrap_or(Label::INVALID);
                         let coord = e

@@ -14,9 +14,13 @@
 //! number and rank on to its peers as soon as it hears them from its parent. A root whose
 //! number stops moving for [`ROOT_TIMEOUT`] is dead, and the next in order takes over. Each
 //! node's parent is the peer nearest the root (fewest hops; the current parent keeps its
-//! place on a tie). A node's place in the tree is two labels: `down`, the route from the
-//! root to it (its parent's `down` plus the parent's director for the link), and `up`, the
-//! route from it to the root.
+//! place on a tie) among the *feasible* ones: nearer the root than we were under the same
+//! sequence number, or with a newer one (DSDV's rule, so a node whose parent died never
+//! takes its own descendants); a node with none is cut off until a newer number comes, and
+//! after [`CUT_OFF_TIMEOUT`] takes the root for dead. A node's place in the tree is two
+//! routes of up to [`switch::MAX_SEGMENTS`] labels: `down`, the route from the root to it
+//! (its parent's `down` plus the parent's director for the link), and `up`, the route from
+//! it to the root.
 //!
 //! Between two nodes A and B under the same root, the tree route climbs from A to the last
 //! node their `down` routes share and descends from there to B ([`Tree::route_to`]). The DHT
@@ -697,22 +701,26 @@ mod tests {
         let now = Instant::now();
         // Node i's director to i+1, and node i+1's director to i.
         let right = |i: usize| if i == 0 { 0 } else { 1 };
+        // Nodes 0-4 tell each other their places, `rounds` times over.
+        let announce = |trees: &mut Vec<Tree>, rounds: usize| {
+            for _ in 0..rounds {
+                for i in 0..n - 2 {
+                    let (a, b) = (
+                        trees[i].announcement(right(i)),
+                        trees[i + 1].announcement(0),
+                    );
+                    trees[i + 1].heard(now, 0, Announcement::from_control(&a).unwrap());
+                    trees[i].heard(now, right(i), Announcement::from_control(&b).unwrap());
+                }
+            }
+        };
         trees[4].link_down(now, right(4));
         assert_eq!(trees[4].parent(), None);
         assert!(
             trees[4].coord().is_none(),
             "no way to the root, no coordinate"
         );
-        for _ in 0..4 * n {
-            for i in 0..n - 2 {
-                let (a, b) = (
-                    trees[i].announcement(right(i)),
-                    trees[i + 1].announcement(0),
-                );
-                trees[i + 1].heard(now, 0, Announcement::from_control(&a).unwrap());
-                trees[i].heard(now, right(i), Announcement::from_control(&b).unwrap());
-            }
-        }
+        announce(&mut trees, 4 * n);
         for (i, t) in trees.iter().enumerate().take(n - 1) {
             assert_eq!(t.root(), key(n as u8), "node {i} still follows the root");
             assert_eq!(t.parent(), None, "node {i}: no loop");
@@ -723,16 +731,7 @@ mod tests {
         }
         // The root's next number over a new link to node 2 brings them all back.
         trees[2].heard(now, 2, at_root(key(n as u8), 9, 0));
-        for _ in 0..n {
-            for i in 0..n - 2 {
-                let (a, b) = (
-                    trees[i].announcement(right(i)),
-                    trees[i + 1].announcement(0),
-                );
-                trees[i + 1].heard(now, 0, Announcement::from_control(&a).unwrap());
-                trees[i].heard(now, right(i), Announcement::from_control(&b).unwrap());
-            }
-        }
+        announce(&mut trees, n);
         for (i, t) in trees.iter().enumerate().take(n - 1) {
             assert!(t.coord().is_some(), "node {i} is back in the tree");
             assert_eq!(t.depth() as usize, 1 + i.abs_diff(2), "node {i}");
