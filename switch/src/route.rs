@@ -120,16 +120,6 @@ impl Route {
         }
     }
 
-    /// The route `self` and then `then` as further segments (relayed at the end of `self`),
-    /// joined into one label where it fits.
-    pub fn join(self, then: Route) -> Result<Route, LabelError> {
-        let mut r = self;
-        for &s in then.segments() {
-            r = r.extend(Label::INVALID, s)?;
-        }
-        Ok(r)
-    }
-
     /// The first `n` hops of the route (e.g. for a traceroute: each prefix ends at one hop).
     pub fn prefix(&self, n: usize) -> Route {
         let mut segs = [Label::INVALID; MAX_SEGMENTS];
