@@ -300,6 +300,39 @@ mod tests {
         assert_eq!(reverse, route);
     }
 
+    /// A frame on a route of [`MAX_SEGMENTS`] one-hop segments is relayed by each of the
+    /// fifteen nodes in between (the relay header's 4-bit count at its largest) and arrives
+    /// with the whole route back.
+    #[test]
+    fn a_route_of_max_segments_is_relayed_to_its_end() {
+        let segs: Vec<Label> = (0..MAX_SEGMENTS as u16)
+            .map(|i| Label::from_directors(&[2 + i % 5]).unwrap())
+            .collect();
+        let route = Route::new(&segs).unwrap();
+        let mut f = vec![0u8; SwitchHeader::LEN + route.relay_header_len() + 3];
+        let body = write_headers(route, FrameKind::Session, &mut f);
+        assert_eq!(body, SwitchHeader::LEN + 2 + 8 * (MAX_SEGMENTS - 1));
+        f[body..].copy_from_slice(b"abc");
+        for (i, _) in segs.iter().enumerate() {
+            assert_eq!(forward(&mut f, None), Decision::Forward(2 + i as u16 % 5));
+            assert_eq!(forward(&mut f, Some(1)), Decision::Deliver, "segment {i}");
+            if i + 1 < MAX_SEGMENTS {
+                assert_eq!(relay(&mut f), RelayStep::Onward, "relay {i}");
+            }
+        }
+        let RelayStep::Arrived {
+            reverse,
+            kind,
+            body,
+        } = relay(&mut f)
+        else {
+            panic!("not arrived");
+        };
+        assert_eq!((kind, &f[body..]), (FrameKind::Session, &b"abc"[..]));
+        let one = Label::from_directors(&[1]).unwrap();
+        assert_eq!(reverse.segments(), &[one; MAX_SEGMENTS]);
+    }
+
     #[test]
     fn malformed_relay_headers_are_dropped() {
         let route = Route::new(&[Label(0b110), Label(0b101)]).unwrap();
