@@ -48,8 +48,8 @@ pub const CUT_OFF_TIMEOUT: Duration = Duration::from_millis(1000);
 const PEER_STALE: Duration = Duration::from_secs(7);
 /// Most roots remembered at once.
 const MAX_ROOTS: usize = 32;
-/// Deepest place in the tree. A coordinate of [`switch::MAX_SEGMENTS`] (16) labels holds at
-/// most 496 hops (through 2-link nodes), ~250 through nodes of 8 links.
+/// Deepest place in the tree. A coordinate of [`switch::MAX_SEGMENTS`] (15) labels holds at
+/// most 465 hops (through 2-link nodes), ~230 through nodes of 8 links.
 const MAX_DEPTH: u8 = 200;
 
 /// A peer's place in the tree, as its [`Control::Tree`] announcement says.

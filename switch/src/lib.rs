@@ -301,7 +301,7 @@ mod tests {
     }
 
     /// A frame on a route of [`MAX_SEGMENTS`] one-hop segments is relayed by each of the
-    /// fifteen nodes in between (the relay header's 4-bit count at its largest) and arrives
+    /// fourteen nodes in between and arrives
     /// with the whole route back.
     #[test]
     fn a_route_of_max_segments_is_relayed_to_its_end() {

@@ -3,12 +3,14 @@ use std::str::FromStr;
 
 use crate::{Label, LabelError};
 
-/// Most segments a [`Route`] has: a frame goes through at most fifteen relays, as many as the
-/// relay header's 4-bit count holds. (Four until the tree's coordinates took several labels:
+/// Most segments a [`Route`] has: a frame goes through at most fourteen relays. Fifteen
+/// keep a `Route` at 128 bytes (the relay header's 4-bit count would hold sixteen, but at 136
+/// bytes every copy of a route became a `memmove` call: +17% CPU in a 3,000-node
+/// simulation, docs/sims.md "eleventh session"). (Four until the tree's coordinates took several labels:
 /// at 10,000 nodes a geometric mesh's tree is 110 hops deep, and four labels of ~16 hops
 /// through its nodes of ~8 links left 38% of the nodes without a coordinate; with eight, the
 /// tree routes between far ends of it, ~130 hops, did not fit, and 28% of pairs failed.)
-pub const MAX_SEGMENTS: usize = 16;
+pub const MAX_SEGMENTS: usize = 15;
 
 /// A source route of one to [`MAX_SEGMENTS`] labels ("segments").
 ///
@@ -19,7 +21,7 @@ pub const MAX_SEGMENTS: usize = 16;
 /// up to eight), as in long physical meshes or between the edges of a large overlay.
 ///
 /// Unused slots hold [`Label::INVALID`]. Equality, order and hash look at the used slots only
-/// (most routes use one of sixteen; comparing all of them cost 14% of a simulation's CPU):
+/// (most routes use one of fifteen; comparing all of them cost 14% of a simulation's CPU):
 /// the order is the segments' lexicographic order, the same as over the whole array, as
 /// unused slots hold the smallest label.
 #[derive(Clone, Copy)]
