@@ -109,6 +109,9 @@ fn main() {
             up: Route::from(Label::from_directors(&[0]).unwrap()),
             down: Route::from(Label::from_directors(&[4]).unwrap()),
             director: 1,
+            root_height: 7,
+            height: 2,
+            child: true,
         },
         Control::Rendezvous {
             record: EndpointRecord::new(

@@ -166,6 +166,12 @@ pub enum Control {
         /// The sender's director for the link this came over (so the receiver can extend
         /// `down` to itself).
         director: u16,
+        /// The root's height (the most hops from it down its tree), as the sender last heard.
+        root_height: u8,
+        /// The sender's height: the most hops from it down its own subtree.
+        height: u8,
+        /// Whether the receiver is the sender's parent.
+        child: bool,
     },
 }
 

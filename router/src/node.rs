@@ -268,6 +268,8 @@ pub struct Node {
     pub(crate) last_tree_lookup: Option<Instant>,
     /// When our place in the spanning tree last moved.
     pub(crate) last_tree_move: Option<Instant>,
+    /// The root whose change last started probing entries with coordinates under another.
+    pub(crate) stale_coords: crate::routing::StaleCoords,
     /// Destinations whose lookup just failed: until when packets to them are answered with
     /// unreachable at once, and how many lookups in a row failed.
     pub(crate) unreachable_until: BTreeMap<Address, (Instant, u32)>,
@@ -335,6 +337,11 @@ impl Node {
             next_expire: now,
             last_tree_lookup: None,
             last_tree_move: None,
+            stale_coords: crate::routing::StaleCoords {
+                root: tree.root(),
+                until: now,
+                next: now,
+            },
             unreachable_until: BTreeMap::new(),
             link_offers: HashMap::new(),
             finals: BTreeMap::new(),
@@ -577,9 +584,8 @@ impl Node {
         self.tick_links(now);
         self.tick_routing(now);
         let before = self.tree.coord();
-        if self.tree.tick(now) {
-            self.announce_tree(now, None);
-        }
+        let all = self.tree.tick(now);
+        self.tree_news(now, all);
         if self.tree.coord() != before {
             self.on_tree_moved(now);
         }
@@ -1119,9 +1125,8 @@ impl Node {
         self.counters.links_down += 1;
         let before = self.tree.coord();
         self.tree.link_down(now, d);
-        if self.tree.take_dirty(now) {
-            self.announce_tree(now, None);
-        }
+        let all = self.tree.take_dirty(now);
+        self.tree_news(now, all);
         if self.tree.coord() != before {
             self.on_tree_moved(now);
         }

@@ -28,6 +28,15 @@ const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
 const QUERY_SLOW: Duration = Duration::from_millis(250);
 /// A probe unanswered this long marks its path failed.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// After our root changed, for this long, table entries whose coordinate is under another
+/// root and whom no one-label path reaches are probed (the answer brings the new coordinate:
+/// until then an answer must leave them out)...
+const STALE_COORDS_FOR: Duration = Duration::from_secs(30);
+/// ...up to this many every [`STALE_COORDS_EVERY`]...
+const STALE_COORD_PROBES: usize = 4;
+const STALE_COORDS_EVERY: Duration = Duration::from_millis(250);
+/// ...each at most this often (since anything last proved its path works).
+const STALE_COORD_RECHECK: Duration = Duration::from_secs(2);
 /// A lookup gives up after this.
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(6);
 /// Most candidates a lookup keeps.
@@ -81,6 +90,17 @@ pub(crate) enum Purpose {
     Admin(u64),
     /// A traceroute hop: whoever answers at the end of the path.
     Trace(u64),
+}
+
+/// Probing entries whose coordinates are under another root, after our root changed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StaleCoords {
+    /// The root we moved to.
+    pub(crate) root: PublicKey,
+    /// Until when.
+    pub(crate) until: Instant,
+    /// Next round.
+    pub(crate) next: Instant,
 }
 
 /// An outstanding query.
@@ -503,9 +523,8 @@ impl Node {
                 }
                 let before = self.tree.coord();
                 self.tree.heard(now, d, said);
-                if self.tree.take_dirty(now) {
-                    self.announce_tree(now, None);
-                }
+                let all = self.tree.take_dirty(now);
+                self.tree_news(now, all);
                 if self.tree.coord() != before {
                     self.on_tree_moved(now);
                 }
@@ -745,6 +764,18 @@ impl Node {
         self.step_lookup(now, target);
     }
 
+    /// Tells every peer our place in the spanning tree if `all`, else only our parent, if our
+    /// height changed (heights climb to the root at once; the rest goes with the root's
+    /// numbers).
+    pub(crate) fn tree_news(&mut self, now: Instant, all: bool) {
+        let parent = self.tree.take_parent_news();
+        if all {
+            self.announce_tree(now, None);
+        } else if let Some(p) = parent {
+            self.announce_tree(now, Some(p));
+        }
+    }
+
     /// Tells peers our place in the spanning tree: the one on link `only`, or all.
     pub(crate) fn announce_tree(&mut self, now: Instant, only: Option<switch::Director>) {
         let up: Vec<switch::Director> = match only {
@@ -903,10 +934,20 @@ impl Node {
     /// ourselves up soon (at most every 2 s for this reason).
     pub(crate) fn on_tree_moved(&mut self, now: Instant) {
         self.last_tree_move = Some(now);
+        let new_root = self.tree.root() != self.stale_coords.root;
+        if new_root {
+            self.stale_coords = StaleCoords {
+                root: self.tree.root(),
+                until: now + STALE_COORDS_FOR,
+                next: now + STALE_COORDS_EVERY,
+            };
+        }
         // Routes that failed before may exist now (as after a new link).
         self.unreachable_until.clear();
         if self.next_self_lookup.is_some() {
-            let soon = now + Duration::from_millis(500);
+            // Under a new root, every coordinate changes and answers leave out nodes whose
+            // new one hasn't come in: wait for the tree and the probes above to settle.
+            let soon = now + Duration::from_millis(if new_root { 2500 } else { 500 });
             if self.next_self_lookup.is_some_and(|t| t > soon)
                 && self
                     .last_tree_lookup
@@ -919,6 +960,37 @@ impl Node {
         let addrs: Vec<Address> = self.sessions.keys().copied().collect();
         for a in addrs {
             self.probe_tree_route(now, a);
+        }
+    }
+
+    /// Probes a few table entries whose coordinate is under another root and whom no one-label
+    /// path reaches: an answer to a lookup can't carry them until their new coordinate is in.
+    fn probe_stale_coords(&mut self, now: Instant) {
+        let root = self.tree.root();
+        let stale: Vec<(PublicKey, Route)> = self
+            .table
+            .iter()
+            .filter(|e| e.coord.is_some_and(|c| c.root != root))
+            .filter(|e| {
+                !e.paths
+                    .iter()
+                    .any(|p| p.failed_at.is_none() && p.route.single().is_some())
+            })
+            .filter_map(|e| {
+                let p = e.paths.iter().find(|p| p.failed_at.is_none())?;
+                (now.saturating_duration_since(p.last_ok) >= STALE_COORD_RECHECK)
+                    .then_some((e.key, p.route))
+            })
+            .filter(|(key, _)| {
+                !self
+                    .queries
+                    .values()
+                    .any(|q| q.to == *key && matches!(q.purpose, Purpose::Probe))
+            })
+            .take(STALE_COORD_PROBES)
+            .collect();
+        for (key, path) in stale {
+            self.send_query(now, key, path, Purpose::Probe);
         }
     }
 
@@ -1016,6 +1088,10 @@ impl Node {
                     self.events.push_back(Event::Ping { id, result: None })
                 }
             }
+        }
+        if now < self.stale_coords.until && now >= self.stale_coords.next {
+            self.stale_coords.next = now + STALE_COORDS_EVERY;
+            self.probe_stale_coords(now);
         }
         // Lookups with a query that just turned slow: their next candidates are due.
         for l in self.lookups.values_mut() {

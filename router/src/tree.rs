@@ -22,6 +22,20 @@
 //! (its parent's `down` plus the parent's director for the link), and `up`, the route from
 //! it to the root.
 //!
+//! **A root near the middle** (a double sweep). Where no node ranks (a physical mesh: nobody
+//! has 32 links) the largest key is the first root, at a random spot, and tree routes from
+//! there are long (docs/sims.md, "eleventh session": mean stretch 1.86 on a 1,000-node grid,
+//! 1.36 from its centre). So each node announces its *height* (the most hops down its own
+//! subtree; a change goes to the parent at once), and the root's height goes down the tree
+//! with its numbers. In a tree of at least [`SWEEP_FROM`] levels under a root of rank 0, a
+//! node as deep as the root's height (the far end of the mesh from the root) *claims* the
+//! root with rank 1; under a root of rank 1, the node halfway down a deepest path (its depth
+//! plus its height is the root's height, its depth half of it) claims with rank 2: the middle
+//! of a longest shortest path, near a centre of the mesh. Nobody claims under a root of rank 2
+//! or above (nodes of 32 links and more rank 20 and up). A claim waits until its condition has
+//! held for [`CLAIM_AFTER`] under the same root; a claimed rank lasts while its holder is the
+//! root (when it dies, the largest key is root again and the sweep starts over).
+//!
 //! Between two nodes A and B under the same root, the tree route climbs from A to the last
 //! node their `down` routes share and descends from there to B ([`Tree::route_to`]). The DHT
 //! carries these `down` routes next to keys (control.rs, [`crate::control::Coord`]), so a
@@ -48,6 +62,11 @@ pub const CUT_OFF_TIMEOUT: Duration = Duration::from_millis(1000);
 const PEER_STALE: Duration = Duration::from_secs(7);
 /// Most roots remembered at once.
 const MAX_ROOTS: usize = 32;
+/// A node claims the root (module documentation) once its reason to has held this long under
+/// the same root (three of the root's numbers: heights settle first).
+pub const CLAIM_AFTER: Duration = Duration::from_secs(2);
+/// Trees of fewer levels than this keep their root: a better one would save little.
+pub const SWEEP_FROM: u8 = 8;
 /// Deepest place in the tree. A coordinate of [`switch::MAX_SEGMENTS`] (15) labels holds at
 /// most 465 hops (through 2-link nodes), ~230 through nodes of 8 links.
 const MAX_DEPTH: u8 = 200;
@@ -69,6 +88,12 @@ pub struct Announcement {
     pub down: Route,
     /// Its director for the link to us.
     pub director: Director,
+    /// The root's height, as it last heard.
+    pub root_height: u8,
+    /// Its height: the most hops down its own subtree.
+    pub height: u8,
+    /// Whether we are its parent.
+    pub child: bool,
 }
 
 impl Announcement {
@@ -83,6 +108,9 @@ impl Announcement {
                 up,
                 down,
                 director,
+                root_height,
+                height,
+                child,
             } => Some(Announcement {
                 root,
                 rank,
@@ -91,6 +119,9 @@ impl Announcement {
                 up,
                 down,
                 director,
+                root_height,
+                height,
+                child,
             }),
             _ => None,
         }
@@ -139,6 +170,16 @@ pub struct Tree {
     next_announce: Instant,
     /// Something peers should hear about changed.
     dirty: bool,
+    /// The root's height, as our parent last said (ours at the root).
+    root_height: u8,
+    /// Our height: the most hops down our subtree (0 without children).
+    height: u8,
+    /// Our height changed: the parent should hear it.
+    parent_news: bool,
+    /// The rank we claimed the root with (0: none; kept while we are the root).
+    claim_rank: u8,
+    /// Since when, and under which root, we could claim it.
+    claim_since: Option<(Instant, PublicKey)>,
 }
 
 impl Tree {
@@ -161,6 +202,11 @@ impl Tree {
             cut_off: None,
             next_announce: now,
             dirty: true,
+            root_height: 0,
+            height: 0,
+            parent_news: false,
+            claim_rank: 0,
+            claim_since: None,
         }
     }
 
@@ -182,6 +228,11 @@ impl Tree {
         self.rank
     }
 
+    /// The rank of our root, as we heard it (a claimed rank where the root claimed).
+    pub fn rank_as_root(&self) -> u8 {
+        self.root_rank
+    }
+
     /// Hops to the root.
     pub fn depth(&self) -> u8 {
         self.depth
@@ -190,6 +241,24 @@ impl Tree {
     /// The link to our parent (`None` at the root).
     pub fn parent(&self) -> Option<Director> {
         self.parent
+    }
+
+    /// Our height: the most hops down our subtree.
+    pub fn height(&self) -> u8 {
+        self.height
+    }
+
+    /// The root's height (the most hops from it to any node of the tree), as last heard.
+    pub fn root_height(&self) -> u8 {
+        self.root_height
+    }
+
+    /// Whether our parent should hear our announcement now (our height changed) and was not
+    /// told with everyone: its link.
+    pub fn take_parent_news(&mut self) -> Option<Director> {
+        std::mem::take(&mut self.parent_news)
+            .then_some(self.parent)
+            .flatten()
     }
 
     /// The shortest route we can build to the node whose route from `root` is `down`, if we
@@ -304,6 +373,7 @@ impl Tree {
         self.peers
             .retain(|_, p| now.saturating_duration_since(p.heard) < PEER_STALE);
         changed |= self.peers.len() != peers;
+        changed |= self.claim(now);
         // Root and parent follow from the peers and live roots alone, and every other change
         // to those (`heard`, `link_down`) picks again at once: nothing to pick otherwise.
         if changed {
@@ -349,7 +419,44 @@ impl Tree {
             up: self.up,
             down: self.down,
             director: d,
+            root_height: self.root_height,
+            height: self.height,
+            child: self.parent == Some(d),
         }
+    }
+
+    /// Claims the root once our reason to (module documentation: the far end under a root
+    /// of rank 0, the middle of a deepest path under one of rank 1) has held for
+    /// [`CLAIM_AFTER`] under the same root. Returns whether we took a claimed rank.
+    fn claim(&mut self, now: Instant) -> bool {
+        let h = self.root_height;
+        let may = self.root != self.me
+            && self.parent.is_some()
+            && self.rank == 0
+            && h >= SWEEP_FROM
+            && match self.root_rank {
+                0 => self.depth == h,
+                1 => self.depth == h / 2 && self.depth.saturating_add(self.height) == h,
+                _ => false,
+            };
+        match self.claim_since {
+            _ if !may => self.claim_since = None,
+            Some((t, r)) if r == self.root => {
+                if now.saturating_duration_since(t) >= CLAIM_AFTER {
+                    self.claim_since = None;
+                    self.claim_rank = self.root_rank + 1;
+                    tracing::debug!(
+                        depth = self.depth,
+                        root_height = h,
+                        rank = self.claim_rank,
+                        "claiming the root"
+                    );
+                    return true;
+                }
+            }
+            _ => self.claim_since = Some((now, self.root)),
+        }
+        false
     }
 
     /// A live root's place in the order roots are chosen by: rank, then key.
@@ -368,12 +475,31 @@ impl Tree {
         }
     }
 
-    /// Picks root and parent from what the peers said.
+    /// Picks root and parent from what the peers said, then our height.
     fn reselect(&mut self, now: Instant) {
+        self.reselect_place(now);
+        let height = self
+            .peers
+            .values()
+            .filter(|p| p.said.child && p.said.root == self.root)
+            .map(|p| p.said.height.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        if height != self.height {
+            self.height = height;
+            self.parent_news = true;
+        }
+        if self.root == self.me {
+            self.root_height = self.height;
+        }
+    }
+
+    /// Picks root and parent from what the peers said.
+    fn reselect_place(&mut self, now: Instant) {
         // As root, a new rank goes out with a new sequence number (`become_root`).
         self.rank = self.rank_now();
         // The first live root in order anyone offers (ourselves if we come before it).
-        let me = (self.rank, self.me);
+        let me = (self.rank.max(self.claim_rank), self.me);
         // The root we follow stays a candidate while it lives and a peer still names it,
         // even if none leads to it right now (we are cut off until its next number reaches
         // us: see below). Alone, we are our own root at once.
@@ -394,6 +520,8 @@ impl Tree {
             self.become_root();
             return;
         };
+        // Someone comes before us: a claim of ours is over (or didn't beat it).
+        self.claim_rank = 0;
         let newest = self.roots.get(&root).map_or(0, |r| r.seq);
         // Peers under that root with a recent number; nearest first, the current parent
         // first among equals, then the lowest director.
@@ -448,6 +576,7 @@ impl Tree {
         self.depth = p.depth + 1;
         self.down = down;
         self.up = up;
+        self.root_height = p.root_height;
         self.seq = if root_changed {
             p.seq
         } else {
@@ -461,14 +590,14 @@ impl Tree {
 
     fn become_root(&mut self) {
         self.cut_off = None;
-        if self.root != self.me || self.root_rank != self.rank {
+        if self.root != self.me || self.root_rank != self.rank.max(self.claim_rank) {
             // A new number: peers take a root's rank only with one (they may have heard us
             // as a root of another rank under the number we had).
             self.own_seq += 1;
             self.dirty = true;
         }
         self.root = self.me;
-        self.root_rank = self.rank;
+        self.root_rank = self.rank.max(self.claim_rank);
         self.parent = None;
         self.depth = 0;
         self.up = Route::from(Label::SELF);
@@ -558,6 +687,60 @@ mod tests {
         assert!(t.roots.len() <= MAX_ROOTS);
     }
 
+    /// On a line of 9 (root: the largest key, at the end), every node knows its height and
+    /// the root's.
+    #[test]
+    fn heights_climb_to_the_root() {
+        let trees = line(9);
+        assert_eq!(trees[8].root(), key(9));
+        for (i, t) in trees.iter().enumerate() {
+            assert_eq!((t.height(), t.root_height()), (i as u8, 8), "node {i}");
+        }
+    }
+
+    /// A line of 20 whose largest key is fourth from one end: the far end from it claims the
+    /// root, then the middle of the line does; then nobody.
+    #[test]
+    fn the_root_moves_to_the_middle_of_a_line() {
+        let n = 20;
+        let mut keys: Vec<u8> = (1..=n as u8).collect();
+        keys.swap(3, n - 1);
+        let edges: Vec<(usize, usize)> = (1..n).map(|i| (i - 1, i)).collect();
+        let t0 = Instant::now();
+        let (mut trees, links) = mesh_with_links(&keys, &edges, t0);
+        let root_at = |trees: &[Tree]| {
+            let root = trees[0].root();
+            assert!(trees.iter().all(|t| t.root() == root), "one root");
+            keys.iter().position(|&k| key(k) == root).unwrap()
+        };
+        assert_eq!((root_at(&trees), trees[0].root_height()), (3, 16));
+        let mut seen = vec![3];
+        for s in 1..=20 {
+            rounds(&mut trees, &links, t0 + Duration::from_millis(500 * s));
+            let at = root_at(&trees);
+            if seen.last() != Some(&at) {
+                seen.push(at);
+            }
+        }
+        // Depth 16 from node 3: node 19; then half of 19 hops from it: node 10.
+        assert_eq!(seen, vec![3, 19, 10]);
+        assert_eq!(trees[10].rank_as_root(), 2);
+        assert_eq!(trees[0].root_height(), 10);
+    }
+
+    /// A tree of fewer than [`SWEEP_FROM`] levels keeps its root.
+    #[test]
+    fn a_shallow_tree_keeps_its_root() {
+        let keys: Vec<u8> = (1..=8).collect();
+        let edges: Vec<(usize, usize)> = (1..8).map(|i| (i - 1, i)).collect();
+        let t0 = Instant::now();
+        let (mut trees, links) = mesh_with_links(&keys, &edges, t0);
+        for s in 1..=20 {
+            rounds(&mut trees, &links, t0 + Duration::from_millis(500 * s));
+        }
+        assert!(trees.iter().all(|t| t.root() == key(8)));
+    }
+
     /// What a root of rank 24 (64 links, more than the trees under test have) says to a
     /// peer on its director `director`.
     fn at_root(root: PublicKey, seq: u64, director: Director) -> Announcement {
@@ -574,13 +757,23 @@ mod tests {
             up: Route::from(Label::SELF),
             down: Route::from(Label::SELF),
             director,
+            root_height: 0,
+            height: 0,
+            child: false,
         }
     }
 
     /// Nodes with keys `keys[i]`, linked by `edges` (node `i`'s director for a link is the
     /// link's place among node `i`'s links), announcing until nothing changes.
     fn mesh(keys: &[u8], edges: &[(usize, usize)]) -> Vec<Tree> {
-        let now = Instant::now();
+        mesh_with_links(keys, edges, Instant::now()).0
+    }
+
+    /// Each node's links: (neighbour, the neighbour's director back to us), in director order.
+    type Links = Vec<Vec<(usize, Director)>>;
+
+    /// [`mesh`], also giving the links, for more rounds later ([`rounds`]).
+    fn mesh_with_links(keys: &[u8], edges: &[(usize, usize)], now: Instant) -> (Vec<Tree>, Links) {
         let n = keys.len();
         let mut trees: Vec<Tree> = keys.iter().map(|&k| Tree::new(key(k), now)).collect();
         // links[i]: (neighbour, our director to it, its director to us).
@@ -598,18 +791,24 @@ mod tests {
                 links[i][k].1 = dir(&links, j, i);
             }
         }
-        for t in &mut trees {
+        rounds(&mut trees, &links, now);
+        (trees, links)
+    }
+
+    /// Every node ticks at `now`, then announces to every peer, round after round, until
+    /// news has crossed the mesh.
+    fn rounds(trees: &mut [Tree], links: &Links, now: Instant) {
+        for t in trees.iter_mut() {
             t.tick(now);
         }
-        for _ in 0..2 * n {
-            for i in 0..n {
+        for _ in 0..2 * trees.len() {
+            for i in 0..trees.len() {
                 for (d, &(j, back)) in links[i].iter().enumerate() {
                     let said = Announcement::from_control(&trees[i].announcement(d as Director));
                     trees[j].heard(now, back, said.unwrap());
                 }
             }
         }
-        trees
     }
 
     /// A line of nodes with keys 1..=n, each knowing its two neighbours on directors 0

@@ -824,6 +824,14 @@ fn debug_tree(r: &Run) {
         .filter(|(_, n)| n.tree().coord().is_none())
         .count();
     let max_degree = degree.iter().max().copied().unwrap_or(0);
+    let root_rank = live
+        .iter()
+        .find(|(_, n)| n.identity().public_key() == root)
+        .map(|(_, n)| n.tree().rank_as_root());
+    eprintln!(
+        "SIM_DEBUG tree: root height {}, root's rank {root_rank:?}",
+        live[0].1.tree().root_height(),
+    );
     eprintln!(
         "SIM_DEBUG tree: root node {root_at:?} with {} links (most linked node: {max_degree}); \
          depth mean {:.2} max {}; {without} of {} nodes without a coordinate (their route \
@@ -1046,24 +1054,32 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
             .filter_map(|n| n.routes().find(|e| e.addr == addr))
             .map(|e| e.best().is_some())
             .collect();
-        let mut nearest: Vec<(u32, bool, bool)> = sim
+        let mut nearest: Vec<(u32, bool, bool, bool, bool)> = sim
             .nodes
             .iter()
             .flatten()
             .filter(|n| n.address() != addr)
             .map(|n| {
+                let e = n.routes().find(|e| e.addr == addr && e.best().is_some());
                 (
                     n.address().common_prefix_len(&addr),
-                    n.routes().any(|e| e.addr == addr && e.best().is_some()),
+                    e.is_some(),
                     dst.routes()
                         .any(|e| e.addr == n.address() && e.best().is_some()),
+                    e.is_some_and(|e| e.coord == coord),
+                    e.is_some_and(|e| {
+                        e.paths
+                            .iter()
+                            .any(|p| p.failed_at.is_none() && p.route.single().is_some())
+                    }),
                 )
             })
             .collect();
         nearest.sort_by(|a, b| b.cmp(a));
         nearest.truncate(6);
         eprintln!(
-            "  nearest to target by XOR (common prefix, holds it, target holds it): {nearest:?}"
+            "  nearest to target by XOR (common prefix, holds it, target holds it, its \
+             coordinate current, a one-label path): {nearest:?}"
         );
         eprintln!(
             "FAIL {} src {} t={:.1} {}->{} shortest {:?} arrived {} session {:?} paths {:?} \
