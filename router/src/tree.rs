@@ -34,7 +34,8 @@
 //! of a longest shortest path, near a centre of the mesh. Nobody claims under a root of rank 2
 //! or above (nodes of 32 links and more rank 20 and up). A claim waits until its condition has
 //! held for [`CLAIM_AFTER`] under the same root; a claimed rank lasts while its holder is the
-//! root (when it dies, the largest key is root again and the sweep starts over).
+//! root (when it dies, the largest key is root again and the sweep starts over). On a grid the
+//! tree's paths are L-shaped and that middle can be a corner (docs/sims.md).
 //!
 //! Between two nodes A and B under the same root, the tree route climbs from A to the last
 //! node their `down` routes share and descends from there to B ([`Tree::route_to`]). The DHT
@@ -63,7 +64,9 @@ const PEER_STALE: Duration = Duration::from_secs(7);
 /// Most roots remembered at once.
 const MAX_ROOTS: usize = 32;
 /// A node claims the root (module documentation) once its reason to has held this long under
-/// the same root (three of the root's numbers: heights settle first).
+/// the same root (one of the root's numbers: heights climb in a few round trips and the root's
+/// height comes down with its next number; the sooner a sweep ends, the less of the DHT's
+/// first work it undoes).
 pub const CLAIM_AFTER: Duration = Duration::from_secs(2);
 /// Trees of fewer levels than this keep their root: a better one would save little.
 pub const SWEEP_FROM: u8 = 8;
