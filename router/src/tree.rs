@@ -14,10 +14,11 @@
 //! number and rank on to its peers as soon as it hears them from its parent. A root whose
 //! number stops moving for [`ROOT_TIMEOUT`] is dead, and the next in order takes over. Each
 //! node's parent is the peer nearest the root (fewest hops; the current parent keeps its
-//! place on a tie) among the *feasible* ones: nearer the root than we were under the same
-//! sequence number, or with a newer one (DSDV's rule, so a node whose parent died never
-//! takes its own descendants); a node with none is cut off until a newer number comes, and
-//! after [`CUT_OFF_TIMEOUT`] takes the root for dead. A node's place in the tree is two
+//! place on a tie if taken before this instant, else `tie_order`) among the *feasible*
+//! ones: nearer the root than we were under the same sequence number, or with a newer one
+//! (DSDV's rule, so a node whose parent died never takes its own descendants); a node with
+//! none is cut off until a newer number comes, and after [`CUT_OFF_TIMEOUT`] takes the root
+//! for dead. A node's place in the tree is two
 //! routes of up to [`switch::MAX_SEGMENTS`] labels: `down`, the route from the root to it
 //! (its parent's `down` plus the parent's director for the link), and `up`, the route from
 //! it to the root.
@@ -34,8 +35,10 @@
 //! of a longest shortest path, near a centre of the mesh. Nobody claims under a root of rank 2
 //! or above (nodes of 32 links and more rank 20 and up). A claim waits until its condition has
 //! held for [`CLAIM_AFTER`] under the same root; a claimed rank lasts while its holder is the
-//! root (when it dies, the largest key is root again and the sweep starts over). On a grid the
-//! tree's paths are L-shaped and that middle can be a corner (docs/sims.md).
+//! root (when it dies, the largest key is root again and the sweep starts over). Among peers
+//! heard at the same instant a node takes the first in its own shuffle of its directors as
+//! parent (`tie_order`): on a grid, taking the same turn everywhere made the tree's paths
+//! L-shaped and the middle of the longest a corner.
 //!
 //! Between two nodes A and B under the same root, the tree route climbs from A to the last
 //! node their `down` routes share and descends from there to B ([`Tree::route_to`]). The DHT
@@ -170,6 +173,8 @@ pub struct Tree {
     own_seq: u64,
     /// Since when we have been cut off from the root we follow (no parent, not the root).
     cut_off: Option<Instant>,
+    /// When we took the parent we have.
+    parent_since: Instant,
     next_announce: Instant,
     /// Something peers should hear about changed.
     dirty: bool,
@@ -203,6 +208,7 @@ impl Tree {
             rank: 0,
             own_seq: 0,
             cut_off: None,
+            parent_since: now,
             next_announce: now,
             dirty: true,
             root_height: 0,
@@ -545,7 +551,12 @@ impl Tree {
             .map(|(&d, p)| (d, p.said))
             .filter(|(_, p)| p.root == root && p.seq + 1 >= newest && p.depth < MAX_DEPTH)
             .filter(|(_, p)| !same || p.seq > seq || (p.seq == seq && p.depth < depth))
-            .min_by_key(|(d, p)| (p.depth, Some(*d) != parent, *d));
+            .min_by_key(|(d, p)| {
+                // The current parent keeps its place on a tie, unless we took it at this very
+                // instant: then among peers heard at once, our own order (tie_order).
+                let keeps = Some(*d) == parent && self.parent_since < now;
+                (p.depth, !keeps, tie_order(&self.me, *d))
+            });
         let Some((d, p)) = choice else {
             if same {
                 // Cut off until the root's next number comes over some peer: no parent,
@@ -575,6 +586,9 @@ impl Tree {
         let newer = p.seq > self.seq;
         self.root = root;
         self.root_rank = root_rank;
+        if self.parent != Some(d) {
+            self.parent_since = now;
+        }
         self.parent = Some(d);
         self.depth = p.depth + 1;
         self.down = down;
@@ -622,6 +636,19 @@ pub fn rank_for(links: usize) -> u8 {
         return 0;
     }
     ((links as f64).log2() * 4.0 + 1e-9).floor().min(255.0) as u8
+}
+
+/// The order in which a node takes equally near peers heard at the same instant as its
+/// parent: its own shuffle of its directors. With the lowest director (or the first heard)
+/// first, every node of a grid made the same turn, the tree's paths were L-shaped, and the
+/// middle of the longest one (where the double sweep puts the root) was a corner.
+fn tie_order(me: &PublicKey, d: Director) -> u64 {
+    let k = u64::from_le_bytes(me.0[..8].try_into().expect("8 bytes"));
+    // splitmix64's finaliser over key and director.
+    let mut z = k ^ u64::from(d).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The fewest links of rank `rank`: 2^(rank/4).
@@ -729,6 +756,37 @@ mod tests {
         assert_eq!(seen, vec![3, 19, 10]);
         assert_eq!(trees[10].rank_as_root(), 2);
         assert_eq!(trees[0].root_height(), 10);
+    }
+
+    /// On a 6x6 grid the sweep's root is not a corner (eccentricity 10): peers heard at the
+    /// same instant are taken in each node's own order, so the tree's paths are staircases,
+    /// not all the same L.
+    #[test]
+    fn on_a_grid_the_root_moves_off_the_corners() {
+        let w = 6;
+        let keys: Vec<u8> = (1..=(w * w) as u8).collect();
+        let mut edges = Vec::new();
+        for i in 0..w * w {
+            if i % w + 1 < w {
+                edges.push((i, i + 1));
+            }
+            if i + w < w * w {
+                edges.push((i, i + w));
+            }
+        }
+        let t0 = Instant::now();
+        let (mut trees, links) = mesh_with_links(&keys, &edges, t0);
+        for s in 1..=20 {
+            rounds(&mut trees, &links, t0 + Duration::from_millis(500 * s));
+        }
+        let root = trees[0].root();
+        assert!(trees.iter().all(|t| t.root() == root));
+        assert_eq!(trees[0].rank_as_root(), 2, "the sweep ran");
+        assert!(
+            trees[0].root_height() < 10,
+            "root height {}",
+            trees[0].root_height()
+        );
     }
 
     /// A tree of fewer than [`SWEEP_FROM`] levels keeps its root.
