@@ -421,11 +421,8 @@ impl Node {
                         // our root: the asker routes to it through the tree.
                         // As before, only nodes we have a working path to (not ones whose
                         // every path failed: just died, say).
-                        let mut working = e.paths.iter().filter(|p| p.failed_at.is_none());
-                        working.clone().next()?;
-                        let label = working
-                            .find_map(|p| p.route.single())
-                            .unwrap_or(Label::INVALID);
+                        e.working().next()?;
+                        let label = e.one_label().unwrap_or(Label::INVALID);
                         let coord = e
                             .coord
                             .filter(|c| c.root == root)
@@ -970,14 +967,9 @@ impl Node {
         let stale: Vec<(PublicKey, Route)> = self
             .table
             .iter()
-            .filter(|e| e.coord.is_some_and(|c| c.root != root))
-            .filter(|e| {
-                !e.paths
-                    .iter()
-                    .any(|p| p.failed_at.is_none() && p.route.single().is_some())
-            })
+            .filter(|e| e.coord.is_some_and(|c| c.root != root) && e.one_label().is_none())
             .filter_map(|e| {
-                let p = e.paths.iter().find(|p| p.failed_at.is_none())?;
+                let p = e.working().next()?;
                 (now.saturating_duration_since(p.last_ok) >= STALE_COORD_RECHECK)
                     .then_some((e.key, p.route))
             })

@@ -57,6 +57,16 @@ impl Entry {
     pub fn best(&self) -> Option<&Path> {
         self.paths.first().filter(|p| p.failed_at.is_none())
     }
+
+    /// The paths not known to be broken, best first.
+    pub fn working(&self) -> impl Iterator<Item = &Path> + Clone {
+        self.paths.iter().filter(|p| p.failed_at.is_none())
+    }
+
+    /// The best working path that is a single label (what a lookup's answer can carry).
+    pub fn one_label(&self) -> Option<Label> {
+        self.working().find_map(|p| p.route.single())
+    }
     fn sort(&mut self) {
         self.paths.sort_by_key(|p| p.score());
     }

@@ -508,7 +508,7 @@ impl Tree {
         // As root, a new rank goes out with a new sequence number (`become_root`).
         self.rank = self.rank_now();
         // The first live root in order anyone offers (ourselves if we come before it).
-        let me = (self.rank.max(self.claim_rank), self.me);
+        let me = (self.own_rank(), self.me);
         // The root we follow stays a candidate while it lives and a peer still names it,
         // even if none leads to it right now (we are cut off until its next number reaches
         // us: see below). Alone, we are our own root at once.
@@ -532,8 +532,8 @@ impl Tree {
         // Someone comes before us: a claim of ours is over (or didn't beat it).
         self.claim_rank = 0;
         let newest = self.roots.get(&root).map_or(0, |r| r.seq);
-        // Peers under that root with a recent number; nearest first, the current parent
-        // first among equals, then the lowest director.
+        // Peers under that root with a recent number; nearest first, then the current
+        // parent, then our own order of directors (`tie_order`).
         let parent = self.parent;
         // Under the root we already follow, a peer is a parent only if it is nearer the root
         // than we were under the same number, or has a newer number (DSDV's feasibility
@@ -605,16 +605,21 @@ impl Tree {
         }
     }
 
+    /// The rank we would be root with: by links, or the one we claimed.
+    fn own_rank(&self) -> u8 {
+        self.rank.max(self.claim_rank)
+    }
+
     fn become_root(&mut self) {
         self.cut_off = None;
-        if self.root != self.me || self.root_rank != self.rank.max(self.claim_rank) {
+        if self.root != self.me || self.root_rank != self.own_rank() {
             // A new number: peers take a root's rank only with one (they may have heard us
             // as a root of another rank under the number we had).
             self.own_seq += 1;
             self.dirty = true;
         }
         self.root = self.me;
-        self.root_rank = self.rank.max(self.claim_rank);
+        self.root_rank = self.own_rank();
         self.parent = None;
         self.depth = 0;
         self.up = Route::from(Label::SELF);

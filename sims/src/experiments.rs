@@ -1067,11 +1067,7 @@ fn explain_failures(sim: &Sim, scored: &[Scored], first: usize, sp: &mut Shortes
                     dst.routes()
                         .any(|e| e.addr == n.address() && e.best().is_some()),
                     e.is_some_and(|e| e.coord == coord),
-                    e.is_some_and(|e| {
-                        e.paths
-                            .iter()
-                            .any(|p| p.failed_at.is_none() && p.route.single().is_some())
-                    }),
+                    e.is_some_and(|e| e.one_label().is_some()),
                 )
             })
             .collect();

@@ -4,10 +4,10 @@ use std::str::FromStr;
 use crate::{Label, LabelError};
 
 /// Most segments a [`Route`] has: a frame goes through at most fourteen relays. Fifteen
-/// keep a `Route` at 128 bytes (the relay header's 4-bit count would hold sixteen, but at 136
-/// bytes every copy of a route became a `memmove` call: +17% CPU in a 3,000-node
-/// simulation, docs/sims.md "eleventh session"). (Four until the tree's coordinates took several labels:
-/// at 10,000 nodes a geometric mesh's tree is 110 hops deep, and four labels of ~16 hops
+/// keep a `Route` at 128 bytes (the relay header's 4-bit count would hold sixteen, but at
+/// 136 bytes every copy of a route became a `memmove` call: +17% CPU in a 3,000-node
+/// simulation, docs/sims.md "eleventh session"). (Four until the tree's coordinates took
+/// several labels: at 10,000 nodes a geometric mesh's tree is 110 hops deep, and four labels of ~16 hops
 /// through its nodes of ~8 links left 38% of the nodes without a coordinate; with eight, the
 /// tree routes between far ends of it, ~130 hops, did not fit, and 28% of pairs failed.)
 pub const MAX_SEGMENTS: usize = 15;
