@@ -268,6 +268,9 @@ pub struct Node {
     pub(crate) last_tree_lookup: Option<Instant>,
     /// When our place in the spanning tree last moved.
     pub(crate) last_tree_move: Option<Instant>,
+    /// Tree announcements owed to peers (to every peer, or only the parent), sent once the
+    /// node has handled everything that arrived at this instant ([`Node::handle_timeout`]).
+    pub(crate) owed_tree_news: Option<crate::routing::TreeNews>,
     /// The root whose change last started probing entries with coordinates under another.
     pub(crate) stale_coords: crate::routing::StaleCoords,
     /// Destinations whose lookup just failed: until when packets to them are answered with
@@ -329,6 +332,7 @@ impl Node {
             tun_out: VecDeque::new(),
             events: VecDeque::new(),
             next_tick: now,
+            owed_tree_news: None,
             started: now,
             self_lookups: 0,
             next_self_lookup: None,
@@ -518,7 +522,10 @@ impl Node {
     }
     /// When [`Node::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_tick
+        match self.owed_tree_news {
+            Some(n) => self.next_tick.min(n.since),
+            None => self.next_tick,
+        }
     }
 
     /// Gives back a buffer the driver is done with (a sent [`Transmit`]'s payload), to build
@@ -576,6 +583,7 @@ impl Node {
     /// Runs timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if now < self.next_tick {
+            self.send_tree_news(now);
             return;
         }
         self.link_hs.expire(now);
@@ -609,6 +617,7 @@ impl Node {
             next = next.min(d.next_attempt.max(now + Duration::from_millis(1)));
         }
         self.next_tick = next;
+        self.send_tree_news(now);
     }
 
     fn tick_dials(&mut self, now: Instant) {

@@ -92,6 +92,15 @@ pub(crate) enum Purpose {
     Trace(u64),
 }
 
+/// Tree announcements owed to peers (see [`Node::tree_news`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TreeNews {
+    /// Since when they are owed.
+    pub(crate) since: Instant,
+    /// To every peer (else only to the parent).
+    pub(crate) all: bool,
+}
+
 /// Probing entries whose coordinates are under another root, after our root changed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StaleCoords {
@@ -761,14 +770,35 @@ impl Node {
         self.step_lookup(now, target);
     }
 
-    /// Tells every peer our place in the spanning tree if `all`, else only our parent, if our
-    /// height changed (heights climb to the root at once; the rest goes with the root's
-    /// numbers).
+    /// Notes that every peer should hear our place in the spanning tree if `all`, else only
+    /// our parent, if our height changed (heights climb to the root at once; the rest goes
+    /// with the root's numbers). Sent by [`Node::send_tree_news`] once everything that
+    /// arrived at this instant is handled: a node that hears several peers at once announces
+    /// where it ends up, not every place in between. (On a grid, where the peers of a node
+    /// offer the new root at the same instant over equal paths, announcing every step doubled
+    /// the announcements at each level: a storm of a million messages over the control rate
+    /// limit on 1,000 nodes when the root moved.)
     pub(crate) fn tree_news(&mut self, now: Instant, all: bool) {
-        let parent = self.tree.take_parent_news();
-        if all {
+        let parent = self.tree.take_parent_news().is_some();
+        if !all && !parent {
+            return;
+        }
+        let n = self.owed_tree_news.get_or_insert(TreeNews {
+            since: now,
+            all: false,
+        });
+        n.all |= all;
+    }
+
+    /// Sends the tree announcements owed ([`Node::tree_news`]): to every peer, or to the
+    /// parent we have now if only our height changed.
+    pub(crate) fn send_tree_news(&mut self, now: Instant) {
+        let Some(n) = self.owed_tree_news.take() else {
+            return;
+        };
+        if n.all {
             self.announce_tree(now, None);
-        } else if let Some(p) = parent {
+        } else if let Some(p) = self.tree.parent() {
             self.announce_tree(now, Some(p));
         }
     }

@@ -105,6 +105,20 @@ fn lookups_find_every_node_of_a_ring_of_100() {
     assert_eq!(s.success_rate, Some(1.0), "{s:#?}");
 }
 
+/// A 12x12 grid: the double sweep moves the root twice, and each new root reaches a node
+/// from two peers at the same instant over paths of equal length. Announcing every place a
+/// node passes through on the way (rather than where it ends up once all that arrived at
+/// that instant is handled) doubled the announcements at each level: 886 control messages
+/// over the peers' rate limits here, a million on a 32x32 grid.
+#[test]
+fn a_moving_root_makes_no_storm_of_announcements() {
+    let mut p = params(Experiment::Reach, 144, Kind::Grid, 1);
+    p.warmup = 12.0;
+    let s = run(&p).unwrap().summary;
+    assert_eq!(s.node_counters.get("drop_control_rate"), Some(&0), "{s:#?}");
+    assert_eq!(s.success_rate, Some(1.0), "{s:#?}");
+}
+
 #[test]
 fn cut_vertex_partitions_and_is_reported_honestly() {
     let gml = r#"graph [
