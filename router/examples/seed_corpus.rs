@@ -85,22 +85,29 @@ fn main() {
             &ids[1],
             1,
             Label::from_directors(&[3]).unwrap().0,
-            Some(Coord {
-                root: ids[2].public_key(),
-                // A deep node: its coordinate takes two labels.
-                down: Route::from_directors([2, 5].into_iter().cycle().take(30)).unwrap(),
-            }),
+            [
+                Some(Coord {
+                    root: ids[2].public_key(),
+                    // A deep node: its coordinate takes two labels.
+                    down: Route::from_directors([2, 5].into_iter().cycle().take(30)).unwrap(),
+                }),
+                Some(Coord {
+                    root: ids[0].public_key(),
+                    down: Route::from(Label::from_directors(&[3, 1]).unwrap()),
+                }),
+            ],
             vec![NodeRecord {
                 key: ids[2].public_key(),
                 label: route.0,
                 coord: Route::from(Label::from_directors(&[2]).unwrap()),
+                alt: Route::from(Label::from_directors(&[1, 2]).unwrap()),
             }],
         ),
         Control::Ping {
             txid: 2,
             asker: ids[0].public_key(),
         },
-        Control::pong(&ids[2], 2, None),
+        Control::pong(&ids[2], 2, [None, None]),
         Control::Tree {
             root: ids[2].public_key(),
             rank: 1,
@@ -112,6 +119,7 @@ fn main() {
             root_height: 7,
             height: 2,
             child: true,
+            tree: 0,
         },
         Control::Rendezvous {
             record: EndpointRecord::new(

@@ -22,6 +22,10 @@ pub struct NodeRecord {
     /// node), [`Route::INVALID`] if unknown. Only meaningful under the root named in the answer.
     #[serde(with = "wire_route")]
     pub coord: Route,
+    /// The node's place in the responder's second tree (see tree.rs, "Two trees"), under the
+    /// `alt` root named in the answer; [`Route::INVALID`] if unknown.
+    #[serde(with = "wire_route")]
+    pub alt: Route,
 }
 
 /// Where a node sits in the spanning tree: the root, and the route from it down to the node.
@@ -110,6 +114,8 @@ pub enum Control {
         back: u64,
         /// The responder's place in its spanning tree; the records' `coord`s are under its root.
         coord: Option<Coord>,
+        /// The responder's place in its second tree; the records' `alt`s are under its root.
+        alt: Option<Coord>,
         /// Closest known nodes, with labels from the responder.
         nodes: Vec<NodeRecord>,
         /// Responder's signature over everything above.
@@ -142,7 +148,9 @@ pub enum Control {
         responder: PublicKey,
         /// The responder's place in its spanning tree.
         coord: Option<Coord>,
-        /// Signature over `txid` and `coord`.
+        /// The responder's place in its second tree.
+        alt: Option<Coord>,
+        /// Signature over `txid`, `coord` and `alt`.
         sig: Signature,
     },
     /// Spanning-tree announcement to a direct peer (sent on link-up, when it changes, and
@@ -172,6 +180,8 @@ pub enum Control {
         height: u8,
         /// Whether the receiver is the sender's parent.
         child: bool,
+        /// Which of the node's trees this is about: 0 the main tree, 1 the second (tree.rs).
+        tree: u8,
     },
 }
 
@@ -233,52 +243,75 @@ fn coord_bytes(m: &mut Vec<u8>, coord: &Option<Coord>) {
     }
 }
 
-fn nodes_msg(txid: u64, back: u64, coord: &Option<Coord>, nodes: &[NodeRecord]) -> Vec<u8> {
+fn nodes_msg(
+    txid: u64,
+    back: u64,
+    coord: &Option<Coord>,
+    alt: &Option<Coord>,
+    nodes: &[NodeRecord],
+) -> Vec<u8> {
     let mut m = b"meshd-nodes".to_vec();
     m.extend_from_slice(&txid.to_le_bytes());
     m.extend_from_slice(&back.to_le_bytes());
     coord_bytes(&mut m, coord);
+    coord_bytes(&mut m, alt);
     for n in nodes {
         m.extend_from_slice(&n.key.0);
         m.extend_from_slice(&n.label.to_le_bytes());
         route_bytes(&mut m, &n.coord);
+        route_bytes(&mut m, &n.alt);
     }
     m
 }
 
-fn pong_msg(txid: u64, coord: &Option<Coord>) -> Vec<u8> {
+fn pong_msg(txid: u64, coord: &Option<Coord>, alt: &Option<Coord>) -> Vec<u8> {
     let mut m = b"meshd-pong".to_vec();
     m.extend_from_slice(&txid.to_le_bytes());
     coord_bytes(&mut m, coord);
+    coord_bytes(&mut m, alt);
     m
 }
 
+/// Bytes a route takes on the wire (a count, then each label as a varint).
+pub fn route_wire_len(r: &Route) -> usize {
+    1 + r
+        .segments()
+        .iter()
+        .map(|l| (64 - (l.0 | 1).leading_zeros() as usize).div_ceil(7))
+        .sum::<usize>()
+}
+
 impl Control {
-    /// A signed [`Control::Nodes`]; `back` is the responder's route to the asker.
+    /// A signed [`Control::Nodes`]; `back` is the responder's route to the asker, `places`
+    /// its coordinates in its two trees.
     pub fn nodes(
         id: &Identity,
         txid: u64,
         back: u64,
-        coord: Option<Coord>,
+        places: [Option<Coord>; 2],
         nodes: Vec<NodeRecord>,
     ) -> Control {
-        let sig = id.sign(&nodes_msg(txid, back, &coord, &nodes));
+        let [coord, alt] = places;
+        let sig = id.sign(&nodes_msg(txid, back, &coord, &alt, &nodes));
         Control::Nodes {
             txid,
             responder: id.public_key(),
             back,
             coord,
+            alt,
             nodes,
             sig,
         }
     }
-    /// A signed [`Control::Pong`].
-    pub fn pong(id: &Identity, txid: u64, coord: Option<Coord>) -> Control {
+    /// A signed [`Control::Pong`] with the responder's coordinates in its two trees.
+    pub fn pong(id: &Identity, txid: u64, places: [Option<Coord>; 2]) -> Control {
+        let [coord, alt] = places;
         Control::Pong {
             txid,
             responder: id.public_key(),
             coord,
-            sig: id.sign(&pong_msg(txid, &coord)),
+            alt,
+            sig: id.sign(&pong_msg(txid, &coord, &alt)),
         }
     }
     /// Checks an answer's signature against the key we expected to answer.
@@ -289,21 +322,25 @@ impl Control {
                 responder,
                 back,
                 coord,
+                alt,
                 nodes,
                 sig,
             } => {
                 responder == expected
                     && nodes.len() <= MAX_RECORDS
                     && responder
-                        .verify(&nodes_msg(*txid, *back, coord, nodes), sig)
+                        .verify(&nodes_msg(*txid, *back, coord, alt, nodes), sig)
                         .is_ok()
             }
             Control::Pong {
                 txid,
                 responder,
                 coord,
+                alt,
                 sig,
-            } => responder == expected && responder.verify(&pong_msg(*txid, coord), sig).is_ok(),
+            } => {
+                responder == expected && responder.verify(&pong_msg(*txid, coord, alt), sig).is_ok()
+            }
             _ => false,
         }
     }
@@ -400,14 +437,21 @@ mod tests {
             &a,
             42,
             0x21,
-            Some(Coord {
-                root: b.public_key(),
-                down: Route::new(&[Label(0x31), Label(0x35)]).unwrap(),
-            }),
+            [
+                Some(Coord {
+                    root: b.public_key(),
+                    down: Route::new(&[Label(0x31), Label(0x35)]).unwrap(),
+                }),
+                Some(Coord {
+                    root: a.public_key(),
+                    down: Route::from(Label(0x33)),
+                }),
+            ],
             vec![NodeRecord {
                 key: b.public_key(),
                 label: 0x13,
                 coord: Route::from(Label(0x41)),
+                alt: Route::from(Label(0x47)),
             }],
         );
         assert!(n.verify_answer(&a.public_key()));
@@ -422,6 +466,7 @@ mod tests {
             responder,
             back,
             coord,
+            alt,
             nodes,
             sig,
         } = n
@@ -432,11 +477,25 @@ mod tests {
                     responder,
                     back,
                     coord,
+                    alt,
                     nodes,
                     sig,
                 }
                 .verify_answer(&a.public_key())
             };
+            assert!(
+                !Control::Nodes {
+                    txid,
+                    responder,
+                    back,
+                    coord,
+                    alt: None,
+                    nodes: nodes.clone(),
+                    sig,
+                }
+                .verify_answer(&a.public_key()),
+                "second-tree coordinate"
+            );
             assert!(tampered(0x23, coord, nodes.clone()), "route back");
             assert!(tampered(back, None, nodes.clone()), "coordinate");
             let mut n2 = nodes.clone();
@@ -447,11 +506,14 @@ mod tests {
             assert!(tampered(back, coord, n3.clone()), "record coordinates");
             n3[0].coord = Route::new(&[Label(0x41), Label(0x41)]).unwrap();
             assert!(
-                tampered(back, coord, n3),
+                tampered(back, coord, n3.clone()),
                 "record coordinates: a segment more"
             );
+            n3[0].coord = Route::from(Label(0x41));
+            n3[0].alt = Route::from(Label(0x45));
+            assert!(tampered(back, coord, n3), "record second-tree coordinates");
         }
-        let p = Control::pong(&b, 7, None);
+        let p = Control::pong(&b, 7, [None, None]);
         assert!(p.verify_answer(&b.public_key()));
         if let Control::Pong { responder, sig, .. } = p {
             assert!(
@@ -459,6 +521,7 @@ mod tests {
                     txid: 8,
                     responder,
                     coord: None,
+                    alt: None,
                     sig
                 }
                 .verify_answer(&b.public_key()),

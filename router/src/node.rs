@@ -293,6 +293,8 @@ pub struct Node {
     pub(crate) local_endpoints: Vec<SocketAddr>,
     pub(crate) record_seq: u64,
     pub(crate) tree: crate::tree::Tree,
+    /// The second tree (tree.rs, "Two trees"): a second way between any two nodes.
+    pub(crate) alt_tree: crate::tree::Tree,
 }
 
 impl std::fmt::Debug for Node {
@@ -306,6 +308,7 @@ impl Node {
     pub fn new(id: Identity, cfg: NodeConfig, seed: u64, now: Instant) -> Node {
         let hs_rate = cfg.handshake_rate;
         let tree = crate::tree::Tree::new(id.public_key(), now);
+        let alt_tree = crate::tree::Tree::second(id.public_key(), now);
         Node {
             table: RoutingTable::new(id.address(), 16),
             id,
@@ -358,6 +361,7 @@ impl Node {
             local_endpoints: Vec::new(),
             record_seq: 0,
             tree,
+            alt_tree,
         }
     }
 
@@ -368,6 +372,11 @@ impl Node {
     /// This node's view of the spanning tree (root, parent, coordinates).
     pub fn tree(&self) -> &crate::tree::Tree {
         &self.tree
+    }
+
+    /// The second spanning tree, as this node sees it.
+    pub fn alt_tree(&self) -> &crate::tree::Tree {
+        &self.alt_tree
     }
     /// This node's address.
     pub fn address(&self) -> Address {
@@ -593,7 +602,9 @@ impl Node {
         self.tick_routing(now);
         let before = self.tree.coord();
         let all = self.tree.tick(now);
-        self.tree_news(now, all);
+        self.tree_news(now, 0, all);
+        let all = self.alt_tree.tick(now);
+        self.tree_news(now, 1, all);
         if self.tree.coord() != before {
             self.on_tree_moved(now);
         }
@@ -1113,7 +1124,8 @@ impl Node {
         }
         // A new link may lead to what was unreachable: look again at the next packet.
         self.unreachable_until.clear();
-        self.announce_tree(now, Some(d));
+        self.announce_tree(now, Some(d), 0);
+        self.announce_tree(now, Some(d), 1);
         self.refresh_gap = Duration::from_secs(10);
         self.on_routes_changed(now, &[key.address()]);
     }
@@ -1135,7 +1147,10 @@ impl Node {
         let before = self.tree.coord();
         self.tree.link_down(now, d);
         let all = self.tree.take_dirty(now);
-        self.tree_news(now, all);
+        self.tree_news(now, 0, all);
+        self.alt_tree.link_down(now, d);
+        let all = self.alt_tree.take_dirty(now);
+        self.tree_news(now, 1, all);
         if self.tree.coord() != before {
             self.on_tree_moved(now);
         }

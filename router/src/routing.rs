@@ -21,6 +21,9 @@ const ALPHA: usize = 3;
 const K: usize = 12;
 /// Records in an answer.
 const ANSWER_RECORDS: usize = 8;
+/// Most bytes of records in an answer (keys, labels and coordinates in both trees): with the
+/// rest of the answer and the headers, well inside a 1,280-byte IPv6 MTU.
+const ANSWER_BUDGET: usize = 900;
 /// A query unanswered this long is failed.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// A lookup query unanswered this long stops holding one of the `ALPHA` places (its answer
@@ -97,8 +100,10 @@ pub(crate) enum Purpose {
 pub(crate) struct TreeNews {
     /// Since when they are owed.
     pub(crate) since: Instant,
-    /// To every peer (else only to the parent).
-    pub(crate) all: bool,
+    /// Per tree: to every peer.
+    pub(crate) all: [bool; 2],
+    /// Per tree: to the parent (our height changed).
+    pub(crate) parent: [bool; 2],
 }
 
 /// Probing entries whose coordinates are under another root, after our root changed.
@@ -417,7 +422,14 @@ impl Node {
                     return;
                 };
                 let asker_addr = asker.address();
-                let root = self.tree.root();
+                let roots = [self.tree.root(), self.alt_tree.root()];
+                let under = |c: Option<Coord>, root: PublicKey| {
+                    c.filter(|c| c.root == root)
+                        .map_or(Route::INVALID, |c| c.down)
+                };
+                // Records' coordinates can be long (a deep node of a large physical mesh: a
+                // dozen labels in each tree): as many records as fit the budget.
+                let mut budget = ANSWER_BUDGET;
                 let nodes: Vec<NodeRecord> = self
                     .table
                     .closest(&target, ANSWER_RECORDS + 1)
@@ -432,21 +444,31 @@ impl Node {
                         // every path failed: just died, say).
                         e.working().next()?;
                         let label = e.one_label().unwrap_or(Label::INVALID);
-                        let coord = e
-                            .coord
-                            .filter(|c| c.root == root)
-                            .map_or(Route::INVALID, |c| c.down);
-                        (label.is_valid() || coord.is_valid()).then_some(NodeRecord {
-                            key: e.key,
-                            label: label.0,
-                            coord,
-                        })
+                        let coord = under(e.coord, roots[0]);
+                        let alt = under(e.alt, roots[1]);
+                        (label.is_valid() || coord.is_valid() || alt.is_valid()).then_some(
+                            NodeRecord {
+                                key: e.key,
+                                label: label.0,
+                                coord,
+                                alt,
+                            },
+                        )
                     })
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
+                    .take_while(|r| {
+                        let len = 32
+                            + 10
+                            + crate::control::route_wire_len(&r.coord)
+                            + crate::control::route_wire_len(&r.alt);
+                        let fits = len <= budget;
+                        budget = budget.saturating_sub(len);
+                        fits
+                    })
                     .collect();
                 // `back` is the reverse of the asker's last segment to us: what it splices onto.
                 let back = reverse.first().0;
-                let answer = Control::nodes(&self.id, txid, back, self.tree.coord(), nodes);
+                let answer = Control::nodes(&self.id, txid, back, self.places(), nodes);
                 self.send_frame(now, back_route, FrameKind::Router, &answer.to_bytes());
                 self.learn_of(now, asker, back_route, coord);
             }
@@ -500,10 +522,15 @@ impl Node {
                 }
                 self.punch(now, &record);
             }
-            Control::Tree { .. } => {
+            Control::Tree { tree, .. } => {
                 let Some(said) = crate::tree::Announcement::from_control(&msg) else {
                     return;
                 };
+                if tree > 1 {
+                    self.counters.drop_bad_control += 1;
+                    return;
+                }
+                let tree = usize::from(tree);
                 // Only from a direct peer: the frame came over one hop.
                 let Some(Ok((d, rest))) = reverse.single().and_then(|r| r.pop()) else {
                     self.counters.drop_bad_control += 1;
@@ -522,22 +549,23 @@ impl Node {
                 // A direct peer's place is what it says here: the DHT hands it out from us.
                 let peer = self.links[d as usize].as_ref().map(|l| l.key);
                 if let Some(e) = peer.and_then(|k| self.table.get_mut(&k.address())) {
-                    e.coord = said.down.is_valid().then_some(Coord {
+                    let place = said.down.is_valid().then_some(Coord {
                         root: said.root,
                         down: said.down,
                     });
+                    *e.place_mut(tree) = place;
                 }
-                let before = self.tree.coord();
-                self.tree.heard(now, d, said);
-                let all = self.tree.take_dirty(now);
-                self.tree_news(now, all);
-                if self.tree.coord() != before {
+                let before = self.tree_at(tree).coord();
+                self.tree_at(tree).heard(now, d, said);
+                let all = self.tree_at(tree).take_dirty(now);
+                self.tree_news(now, tree, all);
+                if tree == 0 && self.tree.coord() != before {
                     self.on_tree_moved(now);
                 }
             }
             Control::Ping { txid, asker } => {
                 if let Some(back_route) = self.reply_route(reverse, &asker, None) {
-                    let answer = Control::pong(&self.id, txid, self.tree.coord());
+                    let answer = Control::pong(&self.id, txid, self.places());
                     self.send_frame(now, back_route, FrameKind::Router, &answer.to_bytes());
                 }
             }
@@ -563,12 +591,17 @@ impl Node {
                     .upsert(expected, q.path, Some(rtt), now, false, |a| {
                         sessions.contains_key(a) || lookups.contains_key(a)
                     });
-                let coord = match &msg {
-                    Control::Nodes { coord, .. } | Control::Pong { coord, .. } => *coord,
-                    _ => None,
+                let (coord, alt) = match &msg {
+                    Control::Nodes { coord, alt, .. } | Control::Pong { coord, alt, .. } => {
+                        (*coord, *alt)
+                    }
+                    _ => (None, None),
                 };
                 let moved = match self.table.get_mut(&addr) {
-                    Some(e) => std::mem::replace(&mut e.coord, coord) != coord,
+                    Some(e) => {
+                        let alt_moved = std::mem::replace(&mut e.alt, alt) != alt;
+                        std::mem::replace(&mut e.coord, coord) != coord || alt_moved
+                    }
                     None => false,
                 };
                 if moved && self.sessions.contains_key(&addr) {
@@ -576,7 +609,7 @@ impl Node {
                 }
                 match (q.purpose, msg) {
                     (Purpose::Find(target), Control::Nodes { nodes, back, .. }) => {
-                        self.on_nodes(now, target, q, Label(back), coord, nodes)
+                        self.on_nodes(now, target, q, Label(back), [coord, alt], nodes)
                     }
                     (Purpose::Admin(id) | Purpose::Trace(id), _) => {
                         self.events.push_back(Event::Ping {
@@ -605,9 +638,25 @@ impl Node {
             return Some(reverse);
         }
         let entry = self.table.get(&asker.address()).filter(|e| e.key == *asker);
-        hint.or(entry.and_then(|e| e.coord))
-            .and_then(|c| self.tree.route_to(&c.root, c.down))
-            .or_else(|| entry.and_then(|e| e.best()).map(|p| p.route))
+        self.route_by_trees(
+            hint.or(entry.and_then(|e| e.coord)),
+            entry.and_then(|e| e.alt),
+        )
+        .or_else(|| entry.and_then(|e| e.best()).map(|p| p.route))
+    }
+
+    /// Our coordinates in the main and the second tree.
+    pub(crate) fn places(&self) -> [Option<Coord>; 2] {
+        [self.tree.coord(), self.alt_tree.coord()]
+    }
+
+    /// The shorter of the tree routes to a node at `coord` in the main tree and `alt` in the
+    /// second (each only under the root we follow there).
+    pub(crate) fn route_by_trees(&self, coord: Option<Coord>, alt: Option<Coord>) -> Option<Route> {
+        shorter(
+            coord.and_then(|c| self.tree.route_to(&c.root, c.down)),
+            alt.and_then(|c| self.alt_tree.route_to(&c.root, c.down)),
+        )
     }
 
     /// A node asked us something: if its bucket has room, check the path back to it with a
@@ -646,11 +695,14 @@ impl Node {
         target: Address,
         q: Query,
         back: Label,
-        coord: Option<Coord>,
+        places: [Option<Coord>; 2],
         nodes: Vec<NodeRecord>,
     ) {
-        // Records' tree places count only under our own root.
-        let root = coord.map(|c| c.root).filter(|r| *r == self.tree.root());
+        // Records' tree places count only under our own roots.
+        let root = places[0].map(|c| c.root).filter(|r| *r == self.tree.root());
+        let alt_root = places[1]
+            .map(|c| c.root)
+            .filter(|r| *r == self.alt_tree.root());
         let me = self.id.address();
         let Some(l) = self.lookups.get_mut(&target) else {
             return;
@@ -680,7 +732,10 @@ impl Node {
                 continue;
             }
             // The tree route doesn't depend on who answered; the spliced one is the fallback.
-            let tree = root.and_then(|r| self.tree.route_to(&r, rec.coord));
+            let tree = shorter(
+                root.and_then(|r| self.tree.route_to(&r, rec.coord)),
+                alt_root.and_then(|r| self.alt_tree.route_to(&r, rec.alt)),
+            );
             let Some(spliced) = q.path.extend(back, label).ok().or(tree) else {
                 if addr == target {
                     tracing::debug!(
@@ -778,16 +833,27 @@ impl Node {
     /// offer the new root at the same instant over equal paths, announcing every step doubled
     /// the announcements at each level: a storm of a million messages over the control rate
     /// limit on 1,000 nodes when the root moved.)
-    pub(crate) fn tree_news(&mut self, now: Instant, all: bool) {
-        let parent = self.tree.take_parent_news().is_some();
+    pub(crate) fn tree_news(&mut self, now: Instant, tree: usize, all: bool) {
+        let parent = self.tree_at(tree).take_parent_news().is_some();
         if !all && !parent {
             return;
         }
         let n = self.owed_tree_news.get_or_insert(TreeNews {
             since: now,
-            all: false,
+            all: [false; 2],
+            parent: [false; 2],
         });
-        n.all |= all;
+        n.all[tree] |= all;
+        n.parent[tree] |= parent;
+    }
+
+    /// Tree `i`: 0 the main one, 1 the second.
+    pub(crate) fn tree_at(&mut self, i: usize) -> &mut crate::tree::Tree {
+        if i == 0 {
+            &mut self.tree
+        } else {
+            &mut self.alt_tree
+        }
     }
 
     /// Sends the tree announcements owed ([`Node::tree_news`]): to every peer, or to the
@@ -796,15 +862,22 @@ impl Node {
         let Some(n) = self.owed_tree_news.take() else {
             return;
         };
-        if n.all {
-            self.announce_tree(now, None);
-        } else if let Some(p) = self.tree.parent() {
-            self.announce_tree(now, Some(p));
+        for i in 0..2 {
+            if n.all[i] {
+                self.announce_tree(now, None, i);
+            } else if let Some(p) = self.tree_at(i).parent().filter(|_| n.parent[i]) {
+                self.announce_tree(now, Some(p), i);
+            }
         }
     }
 
-    /// Tells peers our place in the spanning tree: the one on link `only`, or all.
-    pub(crate) fn announce_tree(&mut self, now: Instant, only: Option<switch::Director>) {
+    /// Tells peers our place in spanning tree `tree`: the one on link `only`, or all.
+    pub(crate) fn announce_tree(
+        &mut self,
+        now: Instant,
+        only: Option<switch::Director>,
+        tree: usize,
+    ) {
         let up: Vec<switch::Director> = match only {
             Some(d) => vec![d],
             None => self
@@ -819,7 +892,7 @@ impl Node {
             let Ok(route) = Label::single(d) else {
                 continue;
             };
-            let msg = self.tree.announcement(d).to_bytes();
+            let msg = self.tree_at(tree).announcement(d).to_bytes();
             self.send_frame(now, route.into(), FrameKind::Router, &msg);
         }
     }
@@ -941,8 +1014,7 @@ impl Node {
         let Some(e) = self.table.get(&addr) else {
             return;
         };
-        let Some(c) = e.coord else { return };
-        let Some(route) = self.tree.route_to(&c.root, c.down) else {
+        let Some(route) = self.route_by_trees(e.coord, e.alt) else {
             return;
         };
         if e.paths
@@ -1268,6 +1340,13 @@ pub(crate) struct Direct {
 }
 
 /// A random address sharing exactly `bucket` leading bits with `me`.
+/// The shorter of two routes (fewer hops, then fewer segments), or whichever there is.
+fn shorter(a: Option<Route>, b: Option<Route>) -> Option<Route> {
+    a.into_iter()
+        .chain(b)
+        .min_by_key(|r| (r.hops(), r.segments().len()))
+}
+
 fn random_in_bucket(me: &Address, bucket: usize, r: u128) -> Address {
     let m = u128::from_be_bytes(me.0);
     let flip = 1u128 << (127 - bucket);

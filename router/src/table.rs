@@ -50,9 +50,20 @@ pub struct Entry {
     pub pinned: bool,
     /// Its place in the spanning tree, as it (or someone who knew it) told us.
     pub coord: Option<crate::control::Coord>,
+    /// Its place in the second tree (tree.rs, "Two trees").
+    pub alt: Option<crate::control::Coord>,
 }
 
 impl Entry {
+    /// Its place in tree `tree` (0 the main one, 1 the second).
+    pub fn place_mut(&mut self, tree: usize) -> &mut Option<crate::control::Coord> {
+        if tree == 0 {
+            &mut self.coord
+        } else {
+            &mut self.alt
+        }
+    }
+
     /// The best working path.
     pub fn best(&self) -> Option<&Path> {
         self.paths.first().filter(|p| p.failed_at.is_none())
@@ -192,6 +203,7 @@ impl RoutingTable {
                     last_seen: now,
                     pinned,
                     coord: None,
+                    alt: None,
                 });
                 bucket.last_mut().expect("just pushed")
             }

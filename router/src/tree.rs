@@ -117,6 +117,7 @@ impl Announcement {
                 root_height,
                 height,
                 child,
+                tree: _,
             } => Some(Announcement {
                 root,
                 rank,
@@ -155,6 +156,8 @@ struct RootSeen {
 #[derive(Debug)]
 pub struct Tree {
     me: PublicKey,
+    /// Which tree: 0 the main one, 1 the second (module documentation, "Two trees").
+    index: u8,
     peers: BTreeMap<Director, PeerPlace>,
     roots: BTreeMap<PublicKey, RootSeen>,
     /// Roots that timed out, with the last number seen: they come back only with a newer one.
@@ -191,10 +194,20 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// A tree in which we are the root until we hear of a larger key.
+    /// The main tree, in which we are the root until we hear of a larger key.
     pub fn new(me: PublicKey, now: Instant) -> Tree {
+        Tree::nth(me, now, 0)
+    }
+
+    /// The second tree (module documentation, "Two trees"): rooted by a hash of the keys.
+    pub fn second(me: PublicKey, now: Instant) -> Tree {
+        Tree::nth(me, now, 1)
+    }
+
+    fn nth(me: PublicKey, now: Instant, index: u8) -> Tree {
         Tree {
             me,
+            index,
             peers: BTreeMap::new(),
             roots: BTreeMap::new(),
             dead: BTreeMap::new(),
@@ -225,6 +238,11 @@ impl Tree {
             root: self.root,
             down: self.down,
         })
+    }
+
+    /// Which tree this is: 0 the main one, 1 the second.
+    pub fn index(&self) -> u8 {
+        self.index
     }
 
     /// The root we follow.
@@ -308,12 +326,12 @@ impl Tree {
             let Some((smallest, order)) = self
                 .roots
                 .iter()
-                .map(|(k, r)| (*k, (r.rank, *k)))
+                .map(|(k, r)| (*k, self.rank_key(r.rank, k)))
                 .min_by_key(|&(_, o)| o)
             else {
                 return;
             };
-            if order > (said.rank, root) || smallest == self.root {
+            if order > self.rank_key(said.rank, &root) || smallest == self.root {
                 return;
             }
             self.roots.remove(&smallest);
@@ -431,6 +449,7 @@ impl Tree {
             root_height: self.root_height,
             height: self.height,
             child: self.parent == Some(d),
+            tree: self.index,
         }
     }
 
@@ -439,7 +458,8 @@ impl Tree {
     /// [`CLAIM_AFTER`] under the same root. Returns whether we took a claimed rank.
     fn claim(&mut self, now: Instant) -> bool {
         let h = self.root_height;
-        let may = self.root != self.me
+        let may = self.index == 0
+            && self.root != self.me
             && self.parent.is_some()
             && self.rank == 0
             && h >= SWEEP_FROM
@@ -468,14 +488,26 @@ impl Tree {
         false
     }
 
-    /// A live root's place in the order roots are chosen by: rank, then key.
-    fn order(&self, root: &PublicKey) -> Option<(u8, PublicKey)> {
-        self.roots.get(root).map(|r| (r.rank, *root))
+    /// A live root's place in the order roots are chosen by: rank, then key (the second
+    /// tree: a hash of the key alone).
+    fn order(&self, root: &PublicKey) -> Option<RootOrder> {
+        self.roots.get(root).map(|r| self.rank_key(r.rank, root))
+    }
+
+    /// The place of a root of `rank` and key `key` in this tree's order of roots.
+    fn rank_key(&self, rank: u8, key: &PublicKey) -> RootOrder {
+        match self.index {
+            0 => (rank, 0, *key),
+            _ => (0, second_order(key), *key),
+        }
     }
 
     /// Our rank for the peers we hear now (a rank rises at once and falls only well below
     /// its bound).
     fn rank_now(&self) -> u8 {
+        if self.index != 0 {
+            return 0;
+        }
         let links = self.peers.len();
         if rank_for(links) > self.rank || (links as f64) < 0.75 * rank_floor(self.rank) {
             rank_for(links)
@@ -508,7 +540,7 @@ impl Tree {
         // As root, a new rank goes out with a new sequence number (`become_root`).
         self.rank = self.rank_now();
         // The first live root in order anyone offers (ourselves if we come before it).
-        let me = (self.own_rank(), self.me);
+        let me = self.rank_key(self.own_rank(), &self.me);
         // The root we follow stays a candidate while it lives and a peer still names it,
         // even if none leads to it right now (we are cut off until its next number reaches
         // us: see below). Alone, we are our own root at once.
@@ -525,7 +557,7 @@ impl Tree {
             .chain(following)
             .filter(|o| *o > me)
             .max();
-        let Some((root_rank, root)) = best_root else {
+        let Some((root_rank, _, root)) = best_root else {
             self.become_root();
             return;
         };
@@ -651,6 +683,20 @@ fn tie_order(me: &PublicKey, d: Director) -> u64 {
     let k = u64::from_le_bytes(me.0[..8].try_into().expect("8 bytes"));
     // splitmix64's finaliser over key and director.
     let mut z = k ^ u64::from(d).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Where a root stands in the order roots are chosen by: rank, then a number from the key
+/// (0 in the main tree, a hash of it in the second), then the key.
+type RootOrder = (u8, u64, PublicKey);
+
+/// The second tree's order of roots: a hash of the key, unrelated to the order of keys (the
+/// main tree's root is the largest key where no node ranks), so its root is elsewhere.
+fn second_order(key: &PublicKey) -> u64 {
+    let k = u64::from_le_bytes(key.0[8..16].try_into().expect("8 bytes"));
+    let mut z = k ^ 0x5851_f42d_4c95_7f2d;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -840,8 +886,21 @@ mod tests {
 
     /// [`mesh`], also giving the links, for more rounds later ([`rounds`]).
     fn mesh_with_links(keys: &[u8], edges: &[(usize, usize)], now: Instant) -> (Vec<Tree>, Links) {
+        mesh_of(keys, edges, now, 0)
+    }
+
+    /// [`mesh_with_links`] for tree `index` (0 the main one, 1 the second).
+    fn mesh_of(
+        keys: &[u8],
+        edges: &[(usize, usize)],
+        now: Instant,
+        index: u8,
+    ) -> (Vec<Tree>, Links) {
         let n = keys.len();
-        let mut trees: Vec<Tree> = keys.iter().map(|&k| Tree::new(key(k), now)).collect();
+        let mut trees: Vec<Tree> = keys
+            .iter()
+            .map(|&k| Tree::nth(key(k), now, index))
+            .collect();
         // links[i]: (neighbour, our director to it, its director to us).
         let mut links: Vec<Vec<(usize, Director)>> = vec![Vec::new(); n];
         for &(a, b) in edges {
@@ -908,6 +967,53 @@ mod tests {
         assert_eq!(walk_line(a, &route), b, "{a} -> {b} via {route}");
         assert_eq!(route.hops(), a.abs_diff(b), "shortest on a line");
         Some(route)
+    }
+
+    /// A ring of 16: the main tree is rooted at the largest key and cuts the ring at the link
+    /// opposite it; the second tree, rooted by a hash of the keys, elsewhere, cuts it
+    /// elsewhere. Both trees' routes lead where they should, and the shorter of the two is
+    /// often shorter than the main tree's alone (never longer).
+    #[test]
+    fn the_second_tree_has_its_own_root_and_shortens_routes() {
+        let n = 16;
+        let keys: Vec<u8> = (1..=n as u8).collect();
+        let edges: Vec<(usize, usize)> = (0..n).map(|i| (i, (i + 1) % n)).collect();
+        let now = Instant::now();
+        let main = mesh_of(&keys, &edges, now, 0).0;
+        let second = mesh_of(&keys, &edges, now, 1).0;
+        let top = (0..n).max_by_key(|&i| second_order(&key(keys[i]))).unwrap();
+        assert!(main.iter().all(|t| t.root() == key(n as u8)));
+        assert!(second
+            .iter()
+            .all(|t| t.root() == key(keys[top]) && t.rank_as_root() == 0));
+        assert_ne!(top, n - 1, "these keys put the roots apart");
+        // Node 0's director 0 leads to node 1, its 1 to node 15; everyone else's 0 leads
+        // back (i - 1), 1 on (i + 1).
+        let walk = |a: usize, r: &Route| {
+            r.directors().fold(a, |at, d| {
+                let right = (d == 1) != (at == 0);
+                if right {
+                    (at + 1) % n
+                } else {
+                    (at + n - 1) % n
+                }
+            })
+        };
+        let (mut alone, mut both) = (0, 0);
+        for a in 0..n {
+            for b in (0..n).filter(|&b| b != a) {
+                let via = |trees: &[Tree]| {
+                    let c = trees[b].coord().unwrap();
+                    let r = trees[a].route_to(&c.root, c.down).unwrap();
+                    assert_eq!(walk(a, &r), b, "{a} -> {b} via {r}");
+                    r.hops()
+                };
+                let (m, s) = (via(&main), via(&second));
+                alone += m;
+                both += m.min(s);
+            }
+        }
+        assert!(both < alone, "both trees {both} hops, main alone {alone}");
     }
 
     #[test]
