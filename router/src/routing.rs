@@ -1014,18 +1014,28 @@ impl Node {
         let Some(e) = self.table.get(&addr) else {
             return;
         };
-        let Some(route) = self.route_by_trees(e.coord, e.alt) else {
-            return;
-        };
-        if e.paths
-            .iter()
-            .any(|p| p.route == route && p.failed_at.is_none())
-            || self.queries.values().any(|q| q.path == route)
-        {
-            return;
-        }
+        // The route in each tree: if the shorter one crosses what just died, the other
+        // may not.
+        let routes = [
+            e.coord.and_then(|c| self.tree.route_to(&c.root, c.down)),
+            e.alt.and_then(|c| self.alt_tree.route_to(&c.root, c.down)),
+        ];
         let key = e.key;
-        self.send_query(now, key, route, Purpose::Probe);
+        for (i, route) in routes.into_iter().enumerate() {
+            let Some(route) = route else { continue };
+            let Some(e) = self.table.get(&addr) else {
+                return;
+            };
+            if (i == 1 && routes[0] == Some(route))
+                || e.paths
+                    .iter()
+                    .any(|p| p.route == route && p.failed_at.is_none())
+                || self.queries.values().any(|q| q.path == route)
+            {
+                continue;
+            }
+            self.send_query(now, key, route, Purpose::Probe);
+        }
     }
 
     /// Our place in the tree moved: routes to the destinations in use may have too, and the
