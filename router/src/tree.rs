@@ -62,6 +62,9 @@ pub const ROOT_TIMEOUT: Duration = Duration::from_secs(7);
 /// out: when the root dies, every node of its tree is soon cut off, and the next root must
 /// not wait out [`ROOT_TIMEOUT`].
 pub const CUT_OFF_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Roots and peers are aged this often (a hub's hundreds of peers need not be walked at
+/// every tick of its node).
+const AGE_EVERY: Duration = Duration::from_millis(100);
 /// A peer's announcement older than this is ignored.
 const PEER_STALE: Duration = Duration::from_secs(7);
 /// Most roots remembered at once.
@@ -179,6 +182,8 @@ pub struct Tree {
     /// When we took the parent we have.
     parent_since: Instant,
     next_announce: Instant,
+    /// When roots and peers are next aged ([`Tree::tick`]).
+    next_age: Instant,
     /// Something peers should hear about changed.
     dirty: bool,
     /// The root's height, as our parent last said (ours at the root).
@@ -223,6 +228,7 @@ impl Tree {
             cut_off: None,
             parent_since: now,
             next_announce: now,
+            next_age: now,
             dirty: true,
             root_height: 0,
             height: 0,
@@ -361,8 +367,26 @@ impl Tree {
         }
     }
 
-    /// Ages roots and peers; as root, counts up. Returns whether to announce to every peer now.
+    /// Ages roots and peers (every [`AGE_EVERY`]); as root, counts up. Returns whether to
+    /// announce to every peer now.
     pub fn tick(&mut self, now: Instant) -> bool {
+        if now >= self.next_age {
+            self.next_age = now + AGE_EVERY;
+            self.age(now);
+        }
+        if now >= self.next_announce {
+            if self.root == self.me {
+                self.own_seq += 1;
+                self.seq = self.own_seq;
+            }
+            self.dirty = true;
+        }
+        self.take_dirty(now)
+    }
+
+    /// Drops dead roots and stale peers, claims the root if it is time to, and picks root and
+    /// parent again if any of that changed something.
+    fn age(&mut self, now: Instant) {
         let mut dead: Vec<PublicKey> = self
             .roots
             .iter()
@@ -406,14 +430,6 @@ impl Tree {
         if changed {
             self.reselect(now);
         }
-        if now >= self.next_announce {
-            if self.root == self.me {
-                self.own_seq += 1;
-                self.seq = self.own_seq;
-            }
-            self.dirty = true;
-        }
-        self.take_dirty(now)
     }
 
     /// Whether something changed that peers should hear at once.
