@@ -396,6 +396,9 @@ fn lossy(m: &Mesh, i: usize, j: usize, pct: u32) {
     let path = std::env::temp_dir().join(format!("meshd-loss-{}-{i}-{j}.nft", std::process::id()));
     std::fs::write(&path, script).expect("nft script");
     let out = m.cmd(i, "nft").arg("-f").arg(&path).output().expect("nft");
+    // The rules live in the namespace now; the script file is not needed (it was left in
+    // /tmp by every run).
+    let _ = std::fs::remove_file(&path);
     assert!(
         out.status.success(),
         "nft: {}",
