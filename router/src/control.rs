@@ -28,6 +28,13 @@ pub struct NodeRecord {
     pub alt: Route,
 }
 
+impl NodeRecord {
+    /// Most bytes the record takes on the wire (its label counted as a full varint).
+    pub fn wire_len(&self) -> usize {
+        32 + 10 + route_wire_len(&self.coord) + route_wire_len(&self.alt)
+    }
+}
+
 /// Where a node sits in the spanning tree: the root, and the route from it down to the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coord {

@@ -457,12 +457,8 @@ impl Node {
                     })
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
                     .take_while(|r| {
-                        let len = 32
-                            + 10
-                            + crate::control::route_wire_len(&r.coord)
-                            + crate::control::route_wire_len(&r.alt);
-                        let fits = len <= budget;
-                        budget = budget.saturating_sub(len);
+                        let fits = r.wire_len() <= budget;
+                        budget = budget.saturating_sub(r.wire_len());
                         fits
                     })
                     .collect();
@@ -653,10 +649,8 @@ impl Node {
     /// The shorter of the tree routes to a node at `coord` in the main tree and `alt` in the
     /// second (each only under the root we follow there).
     pub(crate) fn route_by_trees(&self, coord: Option<Coord>, alt: Option<Coord>) -> Option<Route> {
-        shorter(
-            coord.and_then(|c| self.tree.route_to(&c.root, c.down)),
-            alt.and_then(|c| self.alt_tree.route_to(&c.root, c.down)),
-        )
+        let [a, b] = tree_routes([&self.tree, &self.alt_tree], coord, alt);
+        shorter(a, b)
     }
 
     /// A node asked us something: if its bucket has room, check the path back to it with a
@@ -698,11 +692,8 @@ impl Node {
         places: [Option<Coord>; 2],
         nodes: Vec<NodeRecord>,
     ) {
-        // Records' tree places count only under our own roots.
-        let root = places[0].map(|c| c.root).filter(|r| *r == self.tree.root());
-        let alt_root = places[1]
-            .map(|c| c.root)
-            .filter(|r| *r == self.alt_tree.root());
+        // Records' tree places are under the responder's roots (`route_to` wants ours).
+        let [root, alt_root] = places.map(|c| c.map(|c| c.root));
         let me = self.id.address();
         let Some(l) = self.lookups.get_mut(&target) else {
             return;
@@ -732,10 +723,13 @@ impl Node {
                 continue;
             }
             // The tree route doesn't depend on who answered; the spliced one is the fallback.
-            let tree = shorter(
-                root.and_then(|r| self.tree.route_to(&r, rec.coord)),
-                alt_root.and_then(|r| self.alt_tree.route_to(&r, rec.alt)),
+            let place = |root: Option<PublicKey>, down| root.map(|root| Coord { root, down });
+            let [a, b] = tree_routes(
+                [&self.tree, &self.alt_tree],
+                place(root, rec.coord),
+                place(alt_root, rec.alt),
             );
+            let tree = shorter(a, b);
             let Some(spliced) = q.path.extend(back, label).ok().or(tree) else {
                 if addr == target {
                     tracing::debug!(
@@ -1016,10 +1010,7 @@ impl Node {
         };
         // The route in each tree: if the shorter one crosses what just died, the other
         // may not.
-        let routes = [
-            e.coord.and_then(|c| self.tree.route_to(&c.root, c.down)),
-            e.alt.and_then(|c| self.alt_tree.route_to(&c.root, c.down)),
-        ];
+        let routes = tree_routes([&self.tree, &self.alt_tree], e.coord, e.alt);
         let key = e.key;
         for (i, route) in routes.into_iter().enumerate() {
             let Some(route) = route else { continue };
@@ -1350,6 +1341,19 @@ pub(crate) struct Direct {
 }
 
 /// A random address sharing exactly `bucket` leading bits with `me`.
+/// The routes through the main and the second tree to a node at `coord` in the first and
+/// `alt` in the second (each only under the root we follow there).
+fn tree_routes(
+    trees: [&crate::tree::Tree; 2],
+    coord: Option<Coord>,
+    alt: Option<Coord>,
+) -> [Option<Route>; 2] {
+    [
+        coord.and_then(|c| trees[0].route_to(&c.root, c.down)),
+        alt.and_then(|c| trees[1].route_to(&c.root, c.down)),
+    ]
+}
+
 /// The shorter of two routes (fewer hops, then fewer segments), or whichever there is.
 fn shorter(a: Option<Route>, b: Option<Route>) -> Option<Route> {
     a.into_iter()
