@@ -280,7 +280,7 @@ fn pong_msg(txid: u64, coord: &Option<Coord>, alt: &Option<Coord>) -> Vec<u8> {
 }
 
 /// Bytes a route takes on the wire (a count, then each label as a varint).
-pub fn route_wire_len(r: &Route) -> usize {
+fn route_wire_len(r: &Route) -> usize {
     1 + r
         .segments()
         .iter()

@@ -601,10 +601,10 @@ impl Node {
         self.tick_links(now);
         self.tick_routing(now);
         let before = self.tree.coord();
-        let all = self.tree.tick(now);
-        self.tree_news(now, 0, all);
-        let all = self.alt_tree.tick(now);
-        self.tree_news(now, 1, all);
+        for i in 0..2 {
+            let all = self.tree_at(i).tick(now);
+            self.tree_news(now, i, all);
+        }
         if self.tree.coord() != before {
             self.on_tree_moved(now);
         }
@@ -1124,8 +1124,9 @@ impl Node {
         }
         // A new link may lead to what was unreachable: look again at the next packet.
         self.unreachable_until.clear();
-        self.announce_tree(now, Some(d), 0);
-        self.announce_tree(now, Some(d), 1);
+        for i in 0..2 {
+            self.announce_tree(now, Some(d), i);
+        }
         self.refresh_gap = Duration::from_secs(10);
         self.on_routes_changed(now, &[key.address()]);
     }
@@ -1145,12 +1146,11 @@ impl Node {
         tracing::info!(peer = %key.address(), director = d, "link down");
         self.counters.links_down += 1;
         let before = self.tree.coord();
-        self.tree.link_down(now, d);
-        let all = self.tree.take_dirty(now);
-        self.tree_news(now, 0, all);
-        self.alt_tree.link_down(now, d);
-        let all = self.alt_tree.take_dirty(now);
-        self.tree_news(now, 1, all);
+        for i in 0..2 {
+            self.tree_at(i).link_down(now, d);
+            let all = self.tree_at(i).take_dirty(now);
+            self.tree_news(now, i, all);
+        }
         if self.tree.coord() != before {
             self.on_tree_moved(now);
         }

@@ -246,11 +246,6 @@ impl Tree {
         })
     }
 
-    /// Which tree this is: 0 the main one, 1 the second.
-    pub fn index(&self) -> u8 {
-        self.index
-    }
-
     /// The root we follow.
     pub fn root(&self) -> PublicKey {
         self.root
@@ -697,8 +692,11 @@ pub fn rank_for(links: usize) -> u8 {
 /// middle of the longest one (where the double sweep puts the root) was a corner.
 fn tie_order(me: &PublicKey, d: Director) -> u64 {
     let k = u64::from_le_bytes(me.0[..8].try_into().expect("8 bytes"));
-    // splitmix64's finaliser over key and director.
-    let mut z = k ^ u64::from(d).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mix64(k ^ u64::from(d).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// splitmix64's finaliser: every bit of `z` stirred into every bit of the result.
+fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -712,10 +710,7 @@ type RootOrder = (u8, u64, PublicKey);
 /// main tree's root is the largest key where no node ranks), so its root is elsewhere.
 fn second_order(key: &PublicKey) -> u64 {
     let k = u64::from_le_bytes(key.0[8..16].try_into().expect("8 bytes"));
-    let mut z = k ^ 0x5851_f42d_4c95_7f2d;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    mix64(k ^ 0x5851_f42d_4c95_7f2d)
 }
 
 /// The fewest links of rank `rank`: 2^(rank/4).
