@@ -73,7 +73,19 @@ impl KeyPair {
             None => false,
         };
         if keep_current {
-            if let Some(p) = self.previous.replace(new) {
+            // Our own try lost the tie: its keys only matter if the peer ends on them. When
+            // `previous` is another fresh set of the winning side (the peer's retry we also
+            // answered, which `confirm` put behind the first), the peer sends with one of its
+            // own two sets: keep both and drop ours. Dropping the peer's newer set instead
+            // left it sending on keys we no longer held until `follow` gave up on them a
+            // second later (fail BA-1,000 seed 1, docs/sims.md "thirteenth session").
+            let winners_both = self.previous.as_ref().is_some_and(|p| {
+                p.we_initiated != new.we_initiated
+                    && now.saturating_duration_since(p.since) < SIMULTANEOUS
+            });
+            if winners_both {
+                gone.push(new.local_idx);
+            } else if let Some(p) = self.previous.replace(new) {
                 gone.push(p.local_idx);
             }
         } else {
@@ -105,10 +117,10 @@ impl KeyPair {
         owner: V,
     ) {
         let idx = new.local_idx;
+        index.insert(idx, owner);
         for gone in self.install(new, local, remote, now) {
             index.remove(&gone);
         }
-        index.insert(idx, owner);
     }
 
     /// The peer just sent with the keys at local index `idx`, which it therefore holds: if
@@ -380,6 +392,39 @@ mod tests {
         // The peer completed the first try and sends with it: we follow.
         kp.confirm(2, t2);
         assert_eq!(kp.sending(t2).unwrap().local_idx, 2);
+    }
+
+    /// Both ends' sessions went stale at once and both handshook, the peer (the lower key,
+    /// whose tries win the tie) twice: we answered its two tries, its data on the first put
+    /// that one back in front, then our own try finished. The peer sends with one of its
+    /// own tries' keys: ours are the ones to drop, not its second try's.
+    #[test]
+    fn crossed_tries_keep_both_of_the_winners_keys() {
+        let now = Instant::now();
+        // The peer's key is the lower: its tries win.
+        let (me, peer) = (PublicKey([2; 32]), PublicKey([1; 32]));
+        let mut kp = KeyPair::default();
+        kp.install(keys(transports(1).1, 1, now, false), &me, &peer, now);
+        let t = now + Duration::from_secs(30);
+        kp.install(keys(transports(2).1, 2, t, false), &me, &peer, t);
+        let t1 = t + Duration::from_millis(170);
+        kp.install(keys(transports(3).1, 3, t1, false), &me, &peer, t1);
+        kp.confirm(2, t1);
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 2);
+        let t2 = t1 + Duration::from_millis(110);
+        let gone = kp.install(keys(transports(4).0, 4, t2, true), &me, &peer, t2);
+        assert_eq!(gone, vec![4], "our losing try's keys go");
+        assert!(kp.by_index(3).is_some(), "the peer's second try stays");
+        kp.confirm(3, t2);
+        assert_eq!(kp.sending(t2).unwrap().local_idx, 3);
+        // Without a second set of the peer's, our try's keys replace the old ones as before.
+        let mut kp = KeyPair::default();
+        kp.install(keys(transports(5).1, 5, now, false), &me, &peer, now);
+        kp.install(keys(transports(6).1, 6, t, false), &me, &peer, t);
+        let gone = kp.install(keys(transports(7).0, 7, t1, true), &me, &peer, t1);
+        assert_eq!(gone, vec![5]);
+        assert_eq!(kp.current.as_ref().unwrap().local_idx, 6);
+        assert!(kp.by_index(7).is_some());
     }
 
     /// Sessions: the peer goes on sending with our previous keys and never with the current
