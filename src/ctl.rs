@@ -138,6 +138,15 @@ pub fn run(args: CtlArgs, admin: SocketAddr, token: String) -> Result<()> {
                     }
                 );
                 println!("tun          {} (mtu {})", s.tun, s.mtu);
+                for t in &s.trees {
+                    println!(
+                        "tree {}       root {} depth {} via {}",
+                        t.tree,
+                        t.root,
+                        t.depth,
+                        t.parent.as_deref().unwrap_or("-")
+                    );
+                }
             }
         }
         CtlCmd::Peers => {

@@ -74,6 +74,47 @@ fn check_path_answer(a: &Value, addr: &str, key: &str, hops: u64) {
     assert!(a["rtt_ms"].is_null() || a["rtt_ms"].is_number(), "{a}");
 }
 
+/// `trees` of `GET /v1/self` on every node of the line `addrs` (in line order): each tree
+/// has one root all nodes agree on, every node's depth is its distance from that root along
+/// the line and its parent the neighbour toward it. Waits up to 15 s for the trees to
+/// settle (a root is known alive once its sequence number has moved on).
+fn check_trees(m: &Mesh, addrs: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let selves: Vec<Value> = (0..addrs.len()).map(|i| get(m, i, "/v1/self")).collect();
+        let trees: Vec<&Vec<Value>> = selves
+            .iter()
+            .map(|s| s["trees"].as_array().expect("trees is an array"))
+            .collect();
+        let count = trees[0].len();
+        assert!(count >= 2, "a main tree and hashed ones: {}", selves[0]);
+        let mut wrong = Vec::new();
+        for t in 0..count {
+            let root = string(&trees[0][t]["root"], "tree.root");
+            let Some(r) = addrs.iter().position(|a| *a == root) else {
+                wrong.push(format!("tree {t}: root {root} is no node of the line"));
+                continue;
+            };
+            for (i, node) in trees.iter().enumerate() {
+                let place = &node[t];
+                let parent = (i != r).then(|| addrs[if i < r { i + 1 } else { i - 1 }]);
+                if uint(&place["tree"], "tree.tree") != t as u64
+                    || string(&place["root"], "tree.root") != root
+                    || uint(&place["depth"], "tree.depth") != i.abs_diff(r) as u64
+                    || place["parent"].as_str() != parent
+                {
+                    wrong.push(format!("node {i}, tree {t} (root at node {r}): {place}"));
+                }
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "trees never settled: {wrong:#?}");
+        sleep(Duration::from_millis(500));
+    }
+}
+
 /// A line 0 - 1 - 2 - 3, each dialing its left neighbour; returns once the ends ping each
 /// other (3 hops).
 fn line4(tag: &str) -> Mesh {
@@ -110,6 +151,7 @@ fn every_endpoint_and_ctl_command_over_a_line_of_three_hops() {
     assert!(s["external_endpoints"].is_array(), "{s}");
     assert_eq!(string(&s["tun"], "tun"), common::TUN, "{s}");
     assert!(uint(&s["mtu"], "mtu") >= 1280, "{s}");
+    check_trees(&m, &[&a0, &a1, &a2, &a3]);
 
     // GET /v1/peers on the middle node: both ends, up.
     let ps = peers(&m, 1);

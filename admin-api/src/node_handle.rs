@@ -115,6 +115,23 @@ impl Executor {
                     .collect();
                 ext.sort();
                 ext.dedup();
+                let peers = node.peers(now);
+                let trees = node
+                    .trees()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| types::TreePlace {
+                        tree: i as u8,
+                        root: t.root().address().to_string(),
+                        depth: t.depth(),
+                        parent: t.parent().and_then(|d| {
+                            peers
+                                .iter()
+                                .find(|p| p.director == d)
+                                .map(|p| p.address.to_string())
+                        }),
+                    })
+                    .collect();
                 let _ = r.send(types::SelfInfo {
                     address: node.address().to_string(),
                     public_key: node.identity().public_key().to_hex(),
@@ -126,6 +143,7 @@ impl Executor {
                     external_endpoints: ext,
                     tun: self.info.tun.clone(),
                     mtu: node.mtu() as u32,
+                    trees,
                 });
             }
             Command::Peers(r) => {

@@ -21,6 +21,23 @@ pub struct SelfInfo {
     pub tun: String,
     /// TUN MTU.
     pub mtu: u32,
+    /// Our place in each spanning tree, the main one first (docs/architecture.md, "The
+    /// spanning tree" and "More trees"); empty from nodes that predate it.
+    #[serde(default)]
+    pub trees: Vec<TreePlace>,
+}
+
+/// Our place in one spanning tree, in `GET /v1/self`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TreePlace {
+    /// Which tree: 0 the main one, 1 and up the hashed ones.
+    pub tree: u8,
+    /// The root's address (ours when we are the root).
+    pub root: String,
+    /// Hops from us up to the root.
+    pub depth: u8,
+    /// The peer we follow toward the root (its address); null at the root, or while cut off.
+    pub parent: Option<String>,
 }
 
 /// One entry of `GET /v1/peers`.

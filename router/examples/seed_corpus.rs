@@ -95,19 +95,28 @@ fn main() {
                     root: ids[0].public_key(),
                     down: Route::from(Label::from_directors(&[3, 1]).unwrap()),
                 }),
+                None,
+                Some(Coord {
+                    root: ids[1].public_key(),
+                    down: Route::from(Label::from_directors(&[2, 2]).unwrap()),
+                }),
             ],
             vec![NodeRecord {
                 key: ids[2].public_key(),
                 label: route.0,
                 coord: Route::from(Label::from_directors(&[2]).unwrap()),
-                alt: Route::from(Label::from_directors(&[1, 2]).unwrap()),
+                alts: [
+                    Route::from(Label::from_directors(&[1, 2]).unwrap()),
+                    Route::from(Label::from_directors(&[4]).unwrap()),
+                    Route::INVALID,
+                ],
             }],
         ),
         Control::Ping {
             txid: 2,
             asker: ids[0].public_key(),
         },
-        Control::pong(&ids[2], 2, [None, None]),
+        Control::pong(&ids[2], 2, [None; meshd_router::tree::TREES]),
         Control::Tree {
             root: ids[2].public_key(),
             rank: 1,

@@ -11,6 +11,10 @@ use switch::Route;
 /// Most node records in one answer.
 pub const MAX_RECORDS: usize = 16;
 
+/// How many coordinates a place carries besides the main tree's: one per hashed tree
+/// (tree.rs, "More trees").
+pub const ALT_TREES: usize = crate::tree::TREES - 1;
+
 /// A node known to the responder and the label from the responder to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -22,16 +26,25 @@ pub struct NodeRecord {
     /// node), [`Route::INVALID`] if unknown. Only meaningful under the root named in the answer.
     #[serde(with = "wire_route")]
     pub coord: Route,
-    /// The node's place in the responder's second tree (see tree.rs, "Two trees"), under the
-    /// `alt` root named in the answer; [`Route::INVALID`] if unknown.
-    #[serde(with = "wire_route")]
-    pub alt: Route,
+    /// The node's places in the responder's hashed trees (tree.rs, "More trees"): `alts[i]`
+    /// under the answer's `alts[i]` root; [`Route::INVALID`] where unknown.
+    #[serde(with = "wire_routes")]
+    pub alts: [Route; ALT_TREES],
 }
 
 impl NodeRecord {
     /// Most bytes the record takes on the wire (its label counted as a full varint).
     pub fn wire_len(&self) -> usize {
-        32 + 10 + route_wire_len(&self.coord) + route_wire_len(&self.alt)
+        32 + 10 + route_wire_len(&self.coord) + self.alts.iter().map(route_wire_len).sum::<usize>()
+    }
+
+    /// The node's place in each of the responder's trees (the route down from each root),
+    /// the main tree first.
+    pub fn places(&self) -> [Route; crate::tree::TREES] {
+        std::array::from_fn(|i| match i {
+            0 => self.coord,
+            i => self.alts[i - 1],
+        })
     }
 }
 
@@ -86,6 +99,25 @@ mod wire_route {
     }
 }
 
+/// [`ALT_TREES`] routes on the wire, one after the other, each as [`wire_route`] has it.
+mod wire_routes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use switch::Route;
+
+    use super::ALT_TREES;
+
+    #[derive(Clone, Copy, Serialize, Deserialize)]
+    struct WireRoute(#[serde(with = "super::wire_route")] Route);
+
+    pub fn serialize<S: Serializer>(r: &[Route; ALT_TREES], s: S) -> Result<S::Ok, S::Error> {
+        r.map(WireRoute).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[Route; ALT_TREES], D::Error> {
+        Ok(<[WireRoute; ALT_TREES]>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
 /// The bytes a signature covers for a route: its segment count, then each label.
 fn route_bytes(m: &mut Vec<u8>, r: &Route) {
     m.push(r.segments().len() as u8);
@@ -121,8 +153,9 @@ pub enum Control {
         back: u64,
         /// The responder's place in its spanning tree; the records' `coord`s are under its root.
         coord: Option<Coord>,
-        /// The responder's place in its second tree; the records' `alt`s are under its root.
-        alt: Option<Coord>,
+        /// The responder's places in its hashed trees; the records' `alts` are under their
+        /// roots.
+        alts: [Option<Coord>; ALT_TREES],
         /// Closest known nodes, with labels from the responder.
         nodes: Vec<NodeRecord>,
         /// Responder's signature over everything above.
@@ -155,9 +188,9 @@ pub enum Control {
         responder: PublicKey,
         /// The responder's place in its spanning tree.
         coord: Option<Coord>,
-        /// The responder's place in its second tree.
-        alt: Option<Coord>,
-        /// Signature over `txid`, `coord` and `alt`.
+        /// The responder's places in its hashed trees.
+        alts: [Option<Coord>; ALT_TREES],
+        /// Signature over `txid`, `coord` and `alts`.
         sig: Signature,
     },
     /// Spanning-tree announcement to a direct peer (sent on link-up, when it changes, and
@@ -187,7 +220,8 @@ pub enum Control {
         height: u8,
         /// Whether the receiver is the sender's parent.
         child: bool,
-        /// Which of the node's trees this is about: 0 the main tree, 1 the second (tree.rs).
+        /// Which of the node's trees this is about: 0 the main tree, 1 and up the hashed
+        /// ones (tree.rs, "More trees"); [`crate::tree::TREES`] or more is dropped.
         tree: u8,
     },
 }
@@ -254,29 +288,41 @@ fn nodes_msg(
     txid: u64,
     back: u64,
     coord: &Option<Coord>,
-    alt: &Option<Coord>,
+    alts: &[Option<Coord>; ALT_TREES],
     nodes: &[NodeRecord],
 ) -> Vec<u8> {
     let mut m = b"meshd-nodes".to_vec();
     m.extend_from_slice(&txid.to_le_bytes());
     m.extend_from_slice(&back.to_le_bytes());
     coord_bytes(&mut m, coord);
-    coord_bytes(&mut m, alt);
+    alts.iter().for_each(|a| coord_bytes(&mut m, a));
     for n in nodes {
         m.extend_from_slice(&n.key.0);
         m.extend_from_slice(&n.label.to_le_bytes());
         route_bytes(&mut m, &n.coord);
-        route_bytes(&mut m, &n.alt);
+        n.alts.iter().for_each(|a| route_bytes(&mut m, a));
     }
     m
 }
 
-fn pong_msg(txid: u64, coord: &Option<Coord>, alt: &Option<Coord>) -> Vec<u8> {
+fn pong_msg(txid: u64, coord: &Option<Coord>, alts: &[Option<Coord>; ALT_TREES]) -> Vec<u8> {
     let mut m = b"meshd-pong".to_vec();
     m.extend_from_slice(&txid.to_le_bytes());
     coord_bytes(&mut m, coord);
-    coord_bytes(&mut m, alt);
+    alts.iter().for_each(|a| coord_bytes(&mut m, a));
     m
+}
+
+/// A place in every tree split into the main tree's and the others'.
+fn split(
+    places: [Option<Coord>; crate::tree::TREES],
+) -> (Option<Coord>, [Option<Coord>; ALT_TREES]) {
+    (places[0], std::array::from_fn(|i| places[i + 1]))
+}
+
+/// Most bytes a coordinate (or its absence) takes on the wire.
+pub fn coord_wire_len(c: &Option<Coord>) -> usize {
+    1 + c.as_ref().map_or(0, |c| 32 + route_wire_len(&c.down))
 }
 
 /// Bytes a route takes on the wire (a count, then each label as a varint).
@@ -290,35 +336,35 @@ fn route_wire_len(r: &Route) -> usize {
 
 impl Control {
     /// A signed [`Control::Nodes`]; `back` is the responder's route to the asker, `places`
-    /// its coordinates in its two trees.
+    /// its coordinates in its trees (the main one first).
     pub fn nodes(
         id: &Identity,
         txid: u64,
         back: u64,
-        places: [Option<Coord>; 2],
+        places: [Option<Coord>; crate::tree::TREES],
         nodes: Vec<NodeRecord>,
     ) -> Control {
-        let [coord, alt] = places;
-        let sig = id.sign(&nodes_msg(txid, back, &coord, &alt, &nodes));
+        let (coord, alts) = split(places);
+        let sig = id.sign(&nodes_msg(txid, back, &coord, &alts, &nodes));
         Control::Nodes {
             txid,
             responder: id.public_key(),
             back,
             coord,
-            alt,
+            alts,
             nodes,
             sig,
         }
     }
-    /// A signed [`Control::Pong`] with the responder's coordinates in its two trees.
-    pub fn pong(id: &Identity, txid: u64, places: [Option<Coord>; 2]) -> Control {
-        let [coord, alt] = places;
+    /// A signed [`Control::Pong`] with the responder's coordinates in its trees.
+    pub fn pong(id: &Identity, txid: u64, places: [Option<Coord>; crate::tree::TREES]) -> Control {
+        let (coord, alts) = split(places);
         Control::Pong {
             txid,
             responder: id.public_key(),
             coord,
-            alt,
-            sig: id.sign(&pong_msg(txid, &coord, &alt)),
+            alts,
+            sig: id.sign(&pong_msg(txid, &coord, &alts)),
         }
     }
     /// Checks an answer's signature against the key we expected to answer.
@@ -329,24 +375,25 @@ impl Control {
                 responder,
                 back,
                 coord,
-                alt,
+                alts,
                 nodes,
                 sig,
             } => {
                 responder == expected
                     && nodes.len() <= MAX_RECORDS
                     && responder
-                        .verify(&nodes_msg(*txid, *back, coord, alt, nodes), sig)
+                        .verify(&nodes_msg(*txid, *back, coord, alts, nodes), sig)
                         .is_ok()
             }
             Control::Pong {
                 txid,
                 responder,
                 coord,
-                alt,
+                alts,
                 sig,
             } => {
-                responder == expected && responder.verify(&pong_msg(*txid, coord, alt), sig).is_ok()
+                responder == expected
+                    && responder.verify(&pong_msg(*txid, coord, alts), sig).is_ok()
             }
             _ => false,
         }
@@ -444,21 +491,20 @@ mod tests {
             &a,
             42,
             0x21,
-            [
+            std::array::from_fn(|i| {
                 Some(Coord {
-                    root: b.public_key(),
-                    down: Route::new(&[Label(0x31), Label(0x35)]).unwrap(),
-                }),
-                Some(Coord {
-                    root: a.public_key(),
-                    down: Route::from(Label(0x33)),
-                }),
-            ],
+                    root: [b.public_key(), a.public_key()][i % 2],
+                    down: match i {
+                        0 => Route::new(&[Label(0x31), Label(0x35)]).unwrap(),
+                        i => Route::from(Label(0x31 + 2 * i as u64)),
+                    },
+                })
+            }),
             vec![NodeRecord {
                 key: b.public_key(),
                 label: 0x13,
                 coord: Route::from(Label(0x41)),
-                alt: Route::from(Label(0x47)),
+                alts: std::array::from_fn(|i| Route::from(Label(0x47 + 2 * i as u64))),
             }],
         );
         assert!(n.verify_answer(&a.public_key()));
@@ -473,7 +519,7 @@ mod tests {
             responder,
             back,
             coord,
-            alt,
+            alts,
             nodes,
             sig,
         } = n
@@ -484,25 +530,30 @@ mod tests {
                     responder,
                     back,
                     coord,
-                    alt,
+                    alts,
                     nodes,
                     sig,
                 }
                 .verify_answer(&a.public_key())
             };
-            assert!(
-                !Control::Nodes {
-                    txid,
-                    responder,
-                    back,
-                    coord,
-                    alt: None,
-                    nodes: nodes.clone(),
-                    sig,
-                }
-                .verify_answer(&a.public_key()),
-                "second-tree coordinate"
-            );
+            for i in 0..ALT_TREES {
+                let mut other = alts;
+                other[i] = None;
+                assert!(
+                    !Control::Nodes {
+                        txid,
+                        responder,
+                        back,
+                        coord,
+                        alts: other,
+                        nodes: nodes.clone(),
+                        sig,
+                    }
+                    .verify_answer(&a.public_key()),
+                    "hashed tree {} coordinate",
+                    i + 1
+                );
+            }
             assert!(tampered(0x23, coord, nodes.clone()), "route back");
             assert!(tampered(back, None, nodes.clone()), "coordinate");
             let mut n2 = nodes.clone();
@@ -517,10 +568,17 @@ mod tests {
                 "record coordinates: a segment more"
             );
             n3[0].coord = Route::from(Label(0x41));
-            n3[0].alt = Route::from(Label(0x45));
-            assert!(tampered(back, coord, n3), "record second-tree coordinates");
+            for i in 0..ALT_TREES {
+                let mut n4 = n3.clone();
+                n4[0].alts[i] = Route::from(Label(0x45));
+                assert!(
+                    tampered(back, coord, n4),
+                    "record hashed tree {} coordinates",
+                    i + 1
+                );
+            }
         }
-        let p = Control::pong(&b, 7, [None, None]);
+        let p = Control::pong(&b, 7, [None; crate::tree::TREES]);
         assert!(p.verify_answer(&b.public_key()));
         if let Control::Pong { responder, sig, .. } = p {
             assert!(
@@ -528,7 +586,7 @@ mod tests {
                     txid: 8,
                     responder,
                     coord: None,
-                    alt: None,
+                    alts: [None; ALT_TREES],
                     sig
                 }
                 .verify_answer(&b.public_key()),

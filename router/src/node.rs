@@ -292,9 +292,9 @@ pub struct Node {
     pub(crate) direct: BTreeMap<Address, crate::routing::Direct>,
     pub(crate) local_endpoints: Vec<SocketAddr>,
     pub(crate) record_seq: u64,
-    pub(crate) tree: crate::tree::Tree,
-    /// The second tree (tree.rs, "Two trees"): a second way between any two nodes.
-    pub(crate) alt_tree: crate::tree::Tree,
+    /// The spanning trees (tree.rs): the main one first, then the hashed ones ("More
+    /// trees"), each another way between any two nodes.
+    pub(crate) trees: [crate::tree::Tree; crate::tree::TREES],
 }
 
 impl std::fmt::Debug for Node {
@@ -307,8 +307,10 @@ impl Node {
     /// A node with this identity; `seed` makes its choices (indices, lookup targets) repeatable.
     pub fn new(id: Identity, cfg: NodeConfig, seed: u64, now: Instant) -> Node {
         let hs_rate = cfg.handshake_rate;
-        let tree = crate::tree::Tree::new(id.public_key(), now);
-        let alt_tree = crate::tree::Tree::second(id.public_key(), now);
+        let trees = std::array::from_fn(|i| match i {
+            0 => crate::tree::Tree::new(id.public_key(), now),
+            i => crate::tree::Tree::hashed(id.public_key(), now, i as u8),
+        });
         Node {
             table: RoutingTable::new(id.address(), 16),
             id,
@@ -345,7 +347,7 @@ impl Node {
             last_tree_lookup: None,
             last_tree_move: None,
             stale_coords: crate::routing::StaleCoords {
-                root: tree.root(),
+                root: trees[0].root(),
                 until: now,
                 next: now,
             },
@@ -360,8 +362,7 @@ impl Node {
             direct: BTreeMap::new(),
             local_endpoints: Vec::new(),
             record_seq: 0,
-            tree,
-            alt_tree,
+            trees,
         }
     }
 
@@ -371,12 +372,12 @@ impl Node {
     }
     /// This node's view of the spanning tree (root, parent, coordinates).
     pub fn tree(&self) -> &crate::tree::Tree {
-        &self.tree
+        &self.trees[0]
     }
 
-    /// The second spanning tree, as this node sees it.
-    pub fn alt_tree(&self) -> &crate::tree::Tree {
-        &self.alt_tree
+    /// Every spanning tree, as this node sees it: the main one first.
+    pub fn trees(&self) -> &[crate::tree::Tree; crate::tree::TREES] {
+        &self.trees
     }
     /// This node's address.
     pub fn address(&self) -> Address {
@@ -600,12 +601,12 @@ impl Node {
         self.tick_dials(now);
         self.tick_links(now);
         self.tick_routing(now);
-        let before = self.tree.coord();
-        for i in 0..2 {
+        let before = self.trees[0].coord();
+        for i in 0..crate::tree::TREES {
             let all = self.tree_at(i).tick(now);
             self.tree_news(now, i, all);
         }
-        if self.tree.coord() != before {
+        if self.trees[0].coord() != before {
             self.on_tree_moved(now);
         }
         self.tick_sessions(now);
@@ -1124,7 +1125,7 @@ impl Node {
         }
         // A new link may lead to what was unreachable: look again at the next packet.
         self.unreachable_until.clear();
-        for i in 0..2 {
+        for i in 0..crate::tree::TREES {
             self.announce_tree(now, Some(d), i);
         }
         self.refresh_gap = Duration::from_secs(10);
@@ -1145,13 +1146,13 @@ impl Node {
         let key = l.key;
         tracing::info!(peer = %key.address(), director = d, "link down");
         self.counters.links_down += 1;
-        let before = self.tree.coord();
-        for i in 0..2 {
+        let before = self.trees[0].coord();
+        for i in 0..crate::tree::TREES {
             self.tree_at(i).link_down(now, d);
             let all = self.tree_at(i).take_dirty(now);
             self.tree_news(now, i, all);
         }
-        if self.tree.coord() != before {
+        if self.trees[0].coord() != before {
             self.on_tree_moved(now);
         }
         self.refresh_gap = Duration::from_secs(10);

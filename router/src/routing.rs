@@ -12,8 +12,9 @@ use crypto::{Address, PublicKey};
 use rand::Rng;
 use switch::{FrameKind, Label, Route};
 
-use crate::control::{Control, Coord, EndpointRecord, NodeRecord, MAX_RECORDS};
+use crate::control::{Control, Coord, EndpointRecord, NodeRecord, ALT_TREES, MAX_RECORDS};
 use crate::node::{Event, Node};
+use crate::tree::TREES;
 
 /// Parallel queries per lookup.
 const ALPHA: usize = 3;
@@ -21,9 +22,11 @@ const ALPHA: usize = 3;
 const K: usize = 12;
 /// Records in an answer.
 const ANSWER_RECORDS: usize = 8;
-/// Most bytes of records in an answer (keys, labels and coordinates in both trees): with the
-/// rest of the answer and the headers, well inside a 1,280-byte IPv6 MTU.
-const ANSWER_BUDGET: usize = 900;
+/// Most bytes of the responder's own coordinates and the records (keys, labels and
+/// coordinates in every tree) in an answer: with the rest of the answer and the headers, a
+/// datagram of at most ~1,300 bytes. (900 bytes for the records alone let answers of deep
+/// nodes of a 10,000-node physical mesh outgrow a 1,500-byte link MTU with four trees.)
+const ANSWER_BUDGET: usize = 1100;
 /// A query unanswered this long is failed.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
 /// A lookup query unanswered this long stops holding one of the `ALPHA` places (its answer
@@ -101,9 +104,9 @@ pub(crate) struct TreeNews {
     /// Since when they are owed.
     pub(crate) since: Instant,
     /// Per tree: to every peer.
-    pub(crate) all: [bool; 2],
+    pub(crate) all: [bool; TREES],
     /// Per tree: to the parent (our height changed).
-    pub(crate) parent: [bool; 2],
+    pub(crate) parent: [bool; TREES],
 }
 
 /// Probing entries whose coordinates are under another root, after our root changed.
@@ -233,7 +236,7 @@ impl Node {
                 txid,
                 target,
                 asker: self.id.public_key(),
-                coord: self.tree.coord(),
+                coord: self.trees[0].coord(),
             },
             _ => Control::Ping {
                 txid,
@@ -422,14 +425,16 @@ impl Node {
                     return;
                 };
                 let asker_addr = asker.address();
-                let roots = [self.tree.root(), self.alt_tree.root()];
+                let roots = self.trees.each_ref().map(|t| t.root());
                 let under = |c: Option<Coord>, root: PublicKey| {
                     c.filter(|c| c.root == root)
                         .map_or(Route::INVALID, |c| c.down)
                 };
                 // Records' coordinates can be long (a deep node of a large physical mesh: a
                 // dozen labels in each tree): as many records as fit the budget.
-                let mut budget = ANSWER_BUDGET;
+                let places = self.places();
+                let mut budget = ANSWER_BUDGET
+                    .saturating_sub(places.iter().map(crate::control::coord_wire_len).sum());
                 let nodes: Vec<NodeRecord> = self
                     .table
                     .closest(&target, ANSWER_RECORDS + 1)
@@ -445,15 +450,15 @@ impl Node {
                         e.working().next()?;
                         let label = e.one_label().unwrap_or(Label::INVALID);
                         let coord = under(e.coord, roots[0]);
-                        let alt = under(e.alt, roots[1]);
-                        (label.is_valid() || coord.is_valid() || alt.is_valid()).then_some(
-                            NodeRecord {
+                        let alts: [Route; ALT_TREES] =
+                            std::array::from_fn(|i| under(e.alts[i], roots[i + 1]));
+                        (label.is_valid() || coord.is_valid() || alts.iter().any(|a| a.is_valid()))
+                            .then_some(NodeRecord {
                                 key: e.key,
                                 label: label.0,
                                 coord,
-                                alt,
-                            },
-                        )
+                                alts,
+                            })
                     })
                     .take(ANSWER_RECORDS.min(MAX_RECORDS))
                     .take_while(|r| {
@@ -464,7 +469,7 @@ impl Node {
                     .collect();
                 // `back` is the reverse of the asker's last segment to us: what it splices onto.
                 let back = reverse.first().0;
-                let answer = Control::nodes(&self.id, txid, back, self.places(), nodes);
+                let answer = Control::nodes(&self.id, txid, back, places, nodes);
                 self.send_frame(now, back_route, FrameKind::Router, &answer.to_bytes());
                 self.learn_of(now, asker, back_route, coord);
             }
@@ -522,7 +527,7 @@ impl Node {
                 let Some(said) = crate::tree::Announcement::from_control(&msg) else {
                     return;
                 };
-                if tree > 1 {
+                if usize::from(tree) >= TREES {
                     self.counters.drop_bad_control += 1;
                     return;
                 }
@@ -555,7 +560,7 @@ impl Node {
                 self.tree_at(tree).heard(now, d, said);
                 let all = self.tree_at(tree).take_dirty(now);
                 self.tree_news(now, tree, all);
-                if tree == 0 && self.tree.coord() != before {
+                if tree == 0 && self.trees[0].coord() != before {
                     self.on_tree_moved(now);
                 }
             }
@@ -587,16 +592,16 @@ impl Node {
                     .upsert(expected, q.path, Some(rtt), now, false, |a| {
                         sessions.contains_key(a) || lookups.contains_key(a)
                     });
-                let (coord, alt) = match &msg {
-                    Control::Nodes { coord, alt, .. } | Control::Pong { coord, alt, .. } => {
-                        (*coord, *alt)
+                let (coord, alts) = match &msg {
+                    Control::Nodes { coord, alts, .. } | Control::Pong { coord, alts, .. } => {
+                        (*coord, *alts)
                     }
-                    _ => (None, None),
+                    _ => (None, [None; ALT_TREES]),
                 };
                 let moved = match self.table.get_mut(&addr) {
                     Some(e) => {
-                        let alt_moved = std::mem::replace(&mut e.alt, alt) != alt;
-                        std::mem::replace(&mut e.coord, coord) != coord || alt_moved
+                        let alts_moved = std::mem::replace(&mut e.alts, alts) != alts;
+                        std::mem::replace(&mut e.coord, coord) != coord || alts_moved
                     }
                     None => false,
                 };
@@ -605,7 +610,7 @@ impl Node {
                 }
                 match (q.purpose, msg) {
                     (Purpose::Find(target), Control::Nodes { nodes, back, .. }) => {
-                        self.on_nodes(now, target, q, Label(back), [coord, alt], nodes)
+                        self.on_nodes(now, target, q, Label(back), places(coord, alts), nodes)
                     }
                     (Purpose::Admin(id) | Purpose::Trace(id), _) => {
                         self.events.push_back(Event::Ping {
@@ -634,23 +639,21 @@ impl Node {
             return Some(reverse);
         }
         let entry = self.table.get(&asker.address()).filter(|e| e.key == *asker);
-        self.route_by_trees(
-            hint.or(entry.and_then(|e| e.coord)),
-            entry.and_then(|e| e.alt),
-        )
-        .or_else(|| entry.and_then(|e| e.best()).map(|p| p.route))
+        let mut at = entry.map_or([None; TREES], |e| e.places());
+        at[0] = hint.or(at[0]);
+        self.route_by_trees(at)
+            .or_else(|| entry.and_then(|e| e.best()).map(|p| p.route))
     }
 
-    /// Our coordinates in the main and the second tree.
-    pub(crate) fn places(&self) -> [Option<Coord>; 2] {
-        [self.tree.coord(), self.alt_tree.coord()]
+    /// Our coordinates in each tree, the main one first.
+    pub(crate) fn places(&self) -> [Option<Coord>; TREES] {
+        self.trees.each_ref().map(|t| t.coord())
     }
 
-    /// The shorter of the tree routes to a node at `coord` in the main tree and `alt` in the
-    /// second (each only under the root we follow there).
-    pub(crate) fn route_by_trees(&self, coord: Option<Coord>, alt: Option<Coord>) -> Option<Route> {
-        let [a, b] = tree_routes([&self.tree, &self.alt_tree], coord, alt);
-        shorter(a, b)
+    /// The shortest of the tree routes to a node at `at` (its place in each tree, the main
+    /// one first; each only under the root we follow there).
+    pub(crate) fn route_by_trees(&self, at: [Option<Coord>; TREES]) -> Option<Route> {
+        shortest(tree_routes(&self.trees, at))
     }
 
     /// A node asked us something: if its bucket has room, check the path back to it with a
@@ -689,11 +692,12 @@ impl Node {
         target: Address,
         q: Query,
         back: Label,
-        places: [Option<Coord>; 2],
+        places: [Option<Coord>; TREES],
         nodes: Vec<NodeRecord>,
     ) {
         // Records' tree places are under the responder's roots (`route_to` wants ours).
-        let [root, alt_root] = places.map(|c| c.map(|c| c.root));
+        let roots = places.map(|c| c.map(|c| c.root));
+        let root = roots[0];
         let me = self.id.address();
         let Some(l) = self.lookups.get_mut(&target) else {
             return;
@@ -723,13 +727,14 @@ impl Node {
                 continue;
             }
             // The tree route doesn't depend on who answered; the spliced one is the fallback.
-            let place = |root: Option<PublicKey>, down| root.map(|root| Coord { root, down });
-            let [a, b] = tree_routes(
-                [&self.tree, &self.alt_tree],
-                place(root, rec.coord),
-                place(alt_root, rec.alt),
-            );
-            let tree = shorter(a, b);
+            let downs = rec.places();
+            let at = std::array::from_fn(|i| {
+                roots[i].map(|root| Coord {
+                    root,
+                    down: downs[i],
+                })
+            });
+            let tree = shortest(tree_routes(&self.trees, at));
             let Some(spliced) = q.path.extend(back, label).ok().or(tree) else {
                 if addr == target {
                     tracing::debug!(
@@ -834,20 +839,16 @@ impl Node {
         }
         let n = self.owed_tree_news.get_or_insert(TreeNews {
             since: now,
-            all: [false; 2],
-            parent: [false; 2],
+            all: [false; TREES],
+            parent: [false; TREES],
         });
         n.all[tree] |= all;
         n.parent[tree] |= parent;
     }
 
-    /// Tree `i`: 0 the main one, 1 the second.
+    /// Tree `i`: 0 the main one, then the hashed ones.
     pub(crate) fn tree_at(&mut self, i: usize) -> &mut crate::tree::Tree {
-        if i == 0 {
-            &mut self.tree
-        } else {
-            &mut self.alt_tree
-        }
+        &mut self.trees[i]
     }
 
     /// Sends the tree announcements owed ([`Node::tree_news`]): to every peer, or to the
@@ -856,7 +857,7 @@ impl Node {
         let Some(n) = self.owed_tree_news.take() else {
             return;
         };
-        for i in 0..2 {
+        for i in 0..TREES {
             if n.all[i] {
                 self.announce_tree(now, None, i);
             } else if let Some(p) = self.tree_at(i).parent().filter(|_| n.parent[i]) {
@@ -1008,16 +1009,15 @@ impl Node {
         let Some(e) = self.table.get(&addr) else {
             return;
         };
-        // The route in each tree: if the shorter one crosses what just died, the other
-        // may not.
-        let routes = tree_routes([&self.tree, &self.alt_tree], e.coord, e.alt);
+        // The route in each tree: if the shortest crosses what just died, another may not.
+        let routes = tree_routes(&self.trees, e.places());
         let key = e.key;
         for (i, route) in routes.into_iter().enumerate() {
             let Some(route) = route else { continue };
             let Some(e) = self.table.get(&addr) else {
                 return;
             };
-            if (i == 1 && routes[0] == Some(route))
+            if routes[..i].contains(&Some(route))
                 || e.paths
                     .iter()
                     .any(|p| p.route == route && p.failed_at.is_none())
@@ -1034,10 +1034,10 @@ impl Node {
     /// ourselves up soon (at most every 2 s for this reason).
     pub(crate) fn on_tree_moved(&mut self, now: Instant) {
         self.last_tree_move = Some(now);
-        let new_root = self.tree.root() != self.stale_coords.root;
+        let new_root = self.trees[0].root() != self.stale_coords.root;
         if new_root {
             self.stale_coords = StaleCoords {
-                root: self.tree.root(),
+                root: self.trees[0].root(),
                 until: now + STALE_COORDS_FOR,
                 next: now + STALE_COORDS_EVERY,
             };
@@ -1066,7 +1066,7 @@ impl Node {
     /// Probes a few table entries whose coordinate is under another root and whom no one-label
     /// path reaches: an answer to a lookup can't carry them until their new coordinate is in.
     fn probe_stale_coords(&mut self, now: Instant) {
-        let root = self.tree.root();
+        let root = self.trees[0].root();
         let stale: Vec<(PublicKey, Route)> = self
             .table
             .iter()
@@ -1341,24 +1341,26 @@ pub(crate) struct Direct {
 }
 
 /// A random address sharing exactly `bucket` leading bits with `me`.
-/// The routes through the main and the second tree to a node at `coord` in the first and
-/// `alt` in the second (each only under the root we follow there).
+/// The route through each tree to a node at `at` (its place in each, the main tree first;
+/// each only under the root we follow there).
 fn tree_routes(
-    trees: [&crate::tree::Tree; 2],
-    coord: Option<Coord>,
-    alt: Option<Coord>,
-) -> [Option<Route>; 2] {
-    [
-        coord.and_then(|c| trees[0].route_to(&c.root, c.down)),
-        alt.and_then(|c| trees[1].route_to(&c.root, c.down)),
-    ]
+    trees: &[crate::tree::Tree; TREES],
+    at: [Option<Coord>; TREES],
+) -> [Option<Route>; TREES] {
+    std::array::from_fn(|i| at[i].and_then(|c| trees[i].route_to(&c.root, c.down)))
 }
 
-/// The shorter of two routes (fewer hops, then fewer segments), or whichever there is.
-fn shorter(a: Option<Route>, b: Option<Route>) -> Option<Route> {
-    a.into_iter()
-        .chain(b)
+/// The shortest of some routes (fewest hops, then fewest segments), if there is any.
+fn shortest(routes: [Option<Route>; TREES]) -> Option<Route> {
+    routes
+        .into_iter()
+        .flatten()
         .min_by_key(|r| (r.hops(), r.segments().len()))
+}
+
+/// A node's place in each tree from an answer's main coordinate and the others.
+fn places(coord: Option<Coord>, alts: [Option<Coord>; ALT_TREES]) -> [Option<Coord>; TREES] {
+    std::array::from_fn(|i| if i == 0 { coord } else { alts[i - 1] })
 }
 
 fn random_in_bucket(me: &Address, bucket: usize, r: u128) -> Address {

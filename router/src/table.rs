@@ -50,18 +50,25 @@ pub struct Entry {
     pub pinned: bool,
     /// Its place in the spanning tree, as it (or someone who knew it) told us.
     pub coord: Option<crate::control::Coord>,
-    /// Its place in the second tree (tree.rs, "Two trees").
-    pub alt: Option<crate::control::Coord>,
+    /// Its places in the hashed trees (tree.rs, "More trees"): `alts[i]` in tree `i + 1`.
+    pub alts: [Option<crate::control::Coord>; crate::control::ALT_TREES],
 }
 
 impl Entry {
-    /// Its place in tree `tree` (0 the main one, 1 the second).
+    /// Its place in tree `tree` (0 the main one, then the hashed ones).
     pub fn place_mut(&mut self, tree: usize) -> &mut Option<crate::control::Coord> {
-        if tree == 0 {
-            &mut self.coord
-        } else {
-            &mut self.alt
+        match tree {
+            0 => &mut self.coord,
+            i => &mut self.alts[i - 1],
         }
+    }
+
+    /// Its place in every tree, the main one first.
+    pub fn places(&self) -> [Option<crate::control::Coord>; crate::tree::TREES] {
+        std::array::from_fn(|i| match i {
+            0 => self.coord,
+            i => self.alts[i - 1],
+        })
     }
 
     /// The best working path.
@@ -203,7 +210,7 @@ impl RoutingTable {
                     last_seen: now,
                     pinned,
                     coord: None,
-                    alt: None,
+                    alts: [None; crate::control::ALT_TREES],
                 });
                 bucket.last_mut().expect("just pushed")
             }

@@ -44,6 +44,15 @@
 //! node their `down` routes share and descends from there to B ([`Tree::route_to`]). The DHT
 //! carries these `down` routes next to keys (control.rs, [`crate::control::Coord`]), so a
 //! lookup's answer gives a route that does not depend on where the answer came from.
+//!
+//! **More trees** ([`TREES`] in all). Two nodes close to each other but on branches that
+//! meet far up have a long tree route: on physical meshes that is most of the stretch
+//! (docs/sims.md, "twelfth session"). Every node also keeps [`TREES`]` - 1` further trees,
+//! built the same way but rooted by a hash of the keys salted per tree (no ranks, no sweep),
+//! so their roots fall at other spots; `Tree` messages say which tree they are about, the
+//! DHT carries a coordinate in each, and a route takes the shortest of the trees' routes.
+//! (Mean stretch on a 10,000-node grid: 1.52 with one tree, 1.33 with two, 1.27 with three;
+//! docs/sims.md, "thirteenth session", for four.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -52,6 +61,9 @@ use crypto::PublicKey;
 use switch::{Director, Label, Route};
 
 use crate::control::{Control, Coord};
+
+/// How many spanning trees every node keeps: the main one and `TREES - 1` rooted by hashes.
+pub const TREES: usize = 4;
 
 /// The root counts up this often; nodes re-announce at least this often.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
@@ -159,7 +171,8 @@ struct RootSeen {
 #[derive(Debug)]
 pub struct Tree {
     me: PublicKey,
-    /// Which tree: 0 the main one, 1 the second (module documentation, "Two trees").
+    /// Which tree: 0 the main one, 1 and up those rooted by hashes (module documentation,
+    /// "More trees").
     index: u8,
     peers: BTreeMap<Director, PeerPlace>,
     roots: BTreeMap<PublicKey, RootSeen>,
@@ -204,9 +217,11 @@ impl Tree {
         Tree::nth(me, now, 0)
     }
 
-    /// The second tree (module documentation, "Two trees"): rooted by a hash of the keys.
-    pub fn second(me: PublicKey, now: Instant) -> Tree {
-        Tree::nth(me, now, 1)
+    /// Tree `index` (1 to [`TREES`]` - 1`; module documentation, "More trees"): rooted by a
+    /// hash of the keys salted with `index`.
+    pub fn hashed(me: PublicKey, now: Instant, index: u8) -> Tree {
+        debug_assert!((1..TREES).contains(&usize::from(index)));
+        Tree::nth(me, now, index)
     }
 
     fn nth(me: PublicKey, now: Instant, index: u8) -> Tree {
@@ -499,8 +514,8 @@ impl Tree {
         false
     }
 
-    /// A live root's place in the order roots are chosen by: rank, then key (the second
-    /// tree: a hash of the key alone).
+    /// A live root's place in the order roots are chosen by: rank, then key (the hashed
+    /// trees: a hash of the key alone).
     fn order(&self, root: &PublicKey) -> Option<RootOrder> {
         self.roots.get(root).map(|r| self.rank_key(r.rank, root))
     }
@@ -509,7 +524,7 @@ impl Tree {
     fn rank_key(&self, rank: u8, key: &PublicKey) -> RootOrder {
         match self.index {
             0 => (rank, 0, *key),
-            _ => (0, second_order(key), *key),
+            i => (0, hashed_order(key, i), *key),
         }
     }
 
@@ -703,14 +718,15 @@ fn mix64(mut z: u64) -> u64 {
 }
 
 /// Where a root stands in the order roots are chosen by: rank, then a number from the key
-/// (0 in the main tree, a hash of it in the second), then the key.
+/// (0 in the main tree, a hash of it in the others), then the key.
 type RootOrder = (u8, u64, PublicKey);
 
-/// The second tree's order of roots: a hash of the key, unrelated to the order of keys (the
-/// main tree's root is the largest key where no node ranks), so its root is elsewhere.
-fn second_order(key: &PublicKey) -> u64 {
+/// Hashed tree `index`'s order of roots: a hash of the key salted with the index, unrelated
+/// to the order of keys (the main tree's root is the largest key where no node ranks) and
+/// to the other trees' orders, so each root is somewhere else.
+fn hashed_order(key: &PublicKey, index: u8) -> u64 {
     let k = u64::from_le_bytes(key.0[8..16].try_into().expect("8 bytes"));
-    mix64(k ^ 0x5851_f42d_4c95_7f2d)
+    mix64(k ^ 0x5851_f42d_4c95_7f2d_u64.wrapping_mul(u64::from(index)))
 }
 
 /// The fewest links of rank `rank`: 2^(rank/4).
@@ -981,23 +997,30 @@ mod tests {
     }
 
     /// A ring of 16: the main tree is rooted at the largest key and cuts the ring at the link
-    /// opposite it; the second tree, rooted by a hash of the keys, elsewhere, cuts it
-    /// elsewhere. Both trees' routes lead where they should, and the shorter of the two is
-    /// often shorter than the main tree's alone (never longer).
+    /// opposite it; each hashed tree, rooted by its own hash of the keys, elsewhere, cuts it
+    /// elsewhere. Every tree's routes lead where they should, each hashed tree shortens some
+    /// of the main tree's routes, and more trees never make a route longer.
     #[test]
-    fn the_second_tree_has_its_own_root_and_shortens_routes() {
+    fn the_hashed_trees_have_their_own_roots_and_shorten_routes() {
         let n = 16;
         let keys: Vec<u8> = (1..=n as u8).collect();
         let edges: Vec<(usize, usize)> = (0..n).map(|i| (i, (i + 1) % n)).collect();
         let now = Instant::now();
-        let main = mesh_of(&keys, &edges, now, 0).0;
-        let second = mesh_of(&keys, &edges, now, 1).0;
-        let top = (0..n).max_by_key(|&i| second_order(&key(keys[i]))).unwrap();
-        assert!(main.iter().all(|t| t.root() == key(n as u8)));
-        assert!(second
-            .iter()
-            .all(|t| t.root() == key(keys[top]) && t.rank_as_root() == 0));
-        assert_ne!(top, n - 1, "these keys put the roots apart");
+        let trees: Vec<Vec<Tree>> = (0..TREES as u8)
+            .map(|i| mesh_of(&keys, &edges, now, i).0)
+            .collect();
+        assert!(trees[0].iter().all(|t| t.root() == key(n as u8)));
+        let mut tops = vec![n - 1];
+        for (i, tree) in trees.iter().enumerate().skip(1) {
+            let top = (0..n)
+                .max_by_key(|&j| hashed_order(&key(keys[j]), i as u8))
+                .unwrap();
+            assert!(tree
+                .iter()
+                .all(|t| t.root() == key(keys[top]) && t.rank_as_root() == 0));
+            assert!(!tops.contains(&top), "these keys put the roots apart");
+            tops.push(top);
+        }
         // Node 0's director 0 leads to node 1, its 1 to node 15; everyone else's 0 leads
         // back (i - 1), 1 on (i + 1).
         let walk = |a: usize, r: &Route| {
@@ -1010,7 +1033,10 @@ mod tests {
                 }
             })
         };
-        let (mut alone, mut both) = (0, 0);
+        // Total hops over all pairs with the first 1, 2, ... trees, and with the main tree
+        // and each hashed tree alone.
+        let mut total = vec![0; TREES];
+        let mut pair = vec![0; TREES];
         for a in 0..n {
             for b in (0..n).filter(|&b| b != a) {
                 let via = |trees: &[Tree]| {
@@ -1019,12 +1045,23 @@ mod tests {
                     assert_eq!(walk(a, &r), b, "{a} -> {b} via {r}");
                     r.hops()
                 };
-                let (m, s) = (via(&main), via(&second));
-                alone += m;
-                both += m.min(s);
+                let hops: Vec<usize> = trees.iter().map(|t| via(t)).collect();
+                let mut best = usize::MAX;
+                for i in 0..TREES {
+                    best = best.min(hops[i]);
+                    total[i] += best;
+                    pair[i] += hops[0].min(hops[i]);
+                }
             }
         }
-        assert!(both < alone, "both trees {both} hops, main alone {alone}");
+        assert!(
+            total.windows(2).all(|w| w[1] <= w[0]) && total[TREES - 1] < total[0],
+            "more trees, shorter routes: {total:?} hops"
+        );
+        assert!(
+            pair.iter().skip(1).all(|&p| p < pair[0]),
+            "each hashed tree shortens some of the main tree's routes: {pair:?} hops"
+        );
     }
 
     #[test]
