@@ -315,19 +315,35 @@ impl Tree {
         if *root != self.root || !down.is_valid() || !down.is_well_formed() || down == self.down {
             return None;
         }
-        let mine = tree_route(self.up, self.down, self.depth, down)
-            .filter(|r| *r != Route::from(Label::SELF));
-        let via_peers = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.said.root == *root)
-            .filter_map(|(&d, p)| {
-                let p = &p.said;
-                tree_route(p.up, p.down, p.depth, down)?.hop_then(d)
-            });
-        mine.into_iter()
-            .chain(via_peers)
-            .min_by_key(|r| (r.hops(), r.segments().len(), r.first().bit_len()))
+        // Our own route and one through each peer's place (hubs have hundreds of peers): count
+        // the hops of each first and build only the shortest, unless none of those fits.
+        let target_hops = down.hops();
+        let peers = || self.peers.iter().filter(|(_, p)| p.said.root == *root);
+        let mine_hops =
+            tree_hops(&self.up, &self.down, self.depth, &down, target_hops).filter(|&h| h > 0);
+        let peer_hops = |p: &PeerPlace| {
+            let p = &p.said;
+            tree_hops(&p.up, &p.down, p.depth, &down, target_hops).map(|h| h + 1)
+        };
+        let shortest = mine_hops
+            .into_iter()
+            .chain(peers().filter_map(|(_, p)| peer_hops(p)))
+            .min()?;
+        let build = |only: Option<usize>| {
+            let mine = mine_hops
+                .filter(|&h| only.is_none_or(|o| o == h))
+                .and_then(|_| tree_route(&self.up, &self.down, self.depth, &down));
+            let via_peers = peers()
+                .filter(|(_, p)| only.is_none_or(|o| peer_hops(p) == Some(o)))
+                .filter_map(|(&d, p)| {
+                    let p = &p.said;
+                    tree_route(&p.up, &p.down, p.depth, &down)?.hop_then(d)
+                });
+            mine.into_iter()
+                .chain(via_peers)
+                .min_by_key(|r| (r.hops(), r.segments().len(), r.first().bit_len()))
+        };
+        build(Some(shortest)).or_else(|| build(None))
     }
 
     /// A peer's announcement over link `d`.
@@ -739,7 +755,26 @@ fn rank_floor(rank: u8) -> f64 {
 /// then descend; relayed by the node where it turns if it doesn't fit in one label.
 /// [`Label::SELF`] when they are the same node. The route is packed into as few segments as
 /// hold it (`None` if that is more than a route has).
-fn tree_route(up: Route, down: Route, depth: u8, target: Route) -> Option<Route> {
+/// The hops of [`tree_route`]'s route (`target_hops`: `target.hops()`), without building it.
+fn tree_hops(
+    up: &Route,
+    down: &Route,
+    depth: u8,
+    target: &Route,
+    target_hops: usize,
+) -> Option<usize> {
+    if !up.is_valid() || !down.is_valid() || up.hops() != depth as usize {
+        return None;
+    }
+    let shared = down
+        .directors()
+        .zip(target.directors())
+        .take_while(|(a, b)| a == b)
+        .count();
+    Some(depth as usize - shared.min(depth as usize) + target_hops - shared)
+}
+
+fn tree_route(up: &Route, down: &Route, depth: u8, target: &Route) -> Option<Route> {
     if !up.is_valid() || !down.is_valid() || up.hops() != depth as usize {
         return None;
     }
