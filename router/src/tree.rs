@@ -755,6 +755,15 @@ fn rank_floor(rank: u8) -> f64 {
 /// then descend; relayed by the node where it turns if it doesn't fit in one label.
 /// [`Label::SELF`] when they are the same node. The route is packed into as few segments as
 /// hold it (`None` if that is more than a route has).
+fn tree_route(up: &Route, down: &Route, depth: u8, target: &Route) -> Option<Route> {
+    let (climb, shared) = tree_turn(up, down, depth, target)?;
+    Route::from_directors(
+        up.directors()
+            .take(climb)
+            .chain(target.directors().skip(shared)),
+    )
+}
+
 /// The hops of [`tree_route`]'s route (`target_hops`: `target.hops()`), without building it.
 fn tree_hops(
     up: &Route,
@@ -763,18 +772,13 @@ fn tree_hops(
     target: &Route,
     target_hops: usize,
 ) -> Option<usize> {
-    if !up.is_valid() || !down.is_valid() || up.hops() != depth as usize {
-        return None;
-    }
-    let shared = down
-        .directors()
-        .zip(target.directors())
-        .take_while(|(a, b)| a == b)
-        .count();
-    Some(depth as usize - shared.min(depth as usize) + target_hops - shared)
+    let (climb, shared) = tree_turn(up, down, depth, target)?;
+    Some(climb + target_hops - shared)
 }
 
-fn tree_route(up: &Route, down: &Route, depth: u8, target: &Route) -> Option<Route> {
+/// Where [`tree_route`] turns: the hops it climbs, and how many of `target`'s directors (from
+/// the root) it shares with `down` and so skips.
+fn tree_turn(up: &Route, down: &Route, depth: u8, target: &Route) -> Option<(usize, usize)> {
     if !up.is_valid() || !down.is_valid() || up.hops() != depth as usize {
         return None;
     }
@@ -783,12 +787,7 @@ fn tree_route(up: &Route, down: &Route, depth: u8, target: &Route) -> Option<Rou
         .zip(target.directors())
         .take_while(|(a, b)| a == b)
         .count();
-    let climb = depth as usize - shared.min(depth as usize);
-    Route::from_directors(
-        up.directors()
-            .take(climb)
-            .chain(target.directors().skip(shared)),
-    )
+    Some((depth as usize - shared.min(depth as usize), shared))
 }
 
 #[cfg(test)]
