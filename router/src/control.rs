@@ -41,10 +41,7 @@ impl NodeRecord {
     /// The node's place in each of the responder's trees (the route down from each root),
     /// the main tree first.
     pub fn places(&self) -> [Route; crate::tree::TREES] {
-        std::array::from_fn(|i| match i {
-            0 => self.coord,
-            i => self.alts[i - 1],
-        })
+        join(self.coord, self.alts)
     }
 }
 
@@ -311,6 +308,11 @@ fn pong_msg(txid: u64, coord: &Option<Coord>, alts: &[Option<Coord>; ALT_TREES])
     coord_bytes(&mut m, coord);
     alts.iter().for_each(|a| coord_bytes(&mut m, a));
     m
+}
+
+/// Something per tree from the main tree's and the hashed trees' (the inverse of [`split`]).
+pub fn join<T: Copy>(main: T, alts: [T; ALT_TREES]) -> [T; crate::tree::TREES] {
+    std::array::from_fn(|i| if i == 0 { main } else { alts[i - 1] })
 }
 
 /// A place in every tree split into the main tree's and the others'.

@@ -610,7 +610,8 @@ impl Node {
                 }
                 match (q.purpose, msg) {
                     (Purpose::Find(target), Control::Nodes { nodes, back, .. }) => {
-                        self.on_nodes(now, target, q, Label(back), places(coord, alts), nodes)
+                        let places = crate::control::join(coord, alts);
+                        self.on_nodes(now, target, q, Label(back), places, nodes)
                     }
                     (Purpose::Admin(id) | Purpose::Trace(id), _) => {
                         self.events.push_back(Event::Ping {
@@ -1356,11 +1357,6 @@ fn shortest(routes: [Option<Route>; TREES]) -> Option<Route> {
         .into_iter()
         .flatten()
         .min_by_key(|r| (r.hops(), r.segments().len()))
-}
-
-/// A node's place in each tree from an answer's main coordinate and the others.
-fn places(coord: Option<Coord>, alts: [Option<Coord>; ALT_TREES]) -> [Option<Coord>; TREES] {
-    std::array::from_fn(|i| if i == 0 { coord } else { alts[i - 1] })
 }
 
 fn random_in_bucket(me: &Address, bucket: usize, r: u128) -> Address {

@@ -65,10 +65,7 @@ impl Entry {
 
     /// Its place in every tree, the main one first.
     pub fn places(&self) -> [Option<crate::control::Coord>; crate::tree::TREES] {
-        std::array::from_fn(|i| match i {
-            0 => self.coord,
-            i => self.alts[i - 1],
-        })
+        crate::control::join(self.coord, self.alts)
     }
 
     /// The best working path.
